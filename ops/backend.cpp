@@ -1,0 +1,83 @@
+// The backend registry, and the choice of CPU kernels (AVX-512 or AVX2) from the CPU's
+// features at start-up; KOTOBA_ISA=avx2 forces the AVX2 kernels (tests run both).
+#include "ops/backend.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+
+namespace kotoba {
+
+namespace cpu::avx512 { void fill_backend(Backend& b); }
+namespace cpu::avx2 { void fill_backend(Backend& b); }
+
+namespace {
+const char* const kKernelNames[] = {
+#define KOTOBA_KERNEL_NAME(name, Args) #name,
+    KOTOBA_KERNELS(KOTOBA_KERNEL_NAME)
+#undef KOTOBA_KERNEL_NAME
+};
+static_assert(sizeof(kKernelNames) / sizeof(kKernelNames[0]) == size_t(Kernel::count));
+
+const Backend* g_backends[2] = {nullptr, nullptr};
+const char* g_cpu_isa = "";
+
+bool cpu_has_avx512() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+}
+
+const Backend* make_cpu_backend() {
+  static Backend b;
+  b.name = "cpu";
+  b.device = Device::cpu;
+  const char* forced = std::getenv("KOTOBA_ISA");
+  bool avx512 = cpu_has_avx512();
+  if (forced && std::strcmp(forced, "avx2") == 0) avx512 = false;
+  if (forced && std::strcmp(forced, "avx512") == 0 && !avx512)
+    throw Error("KOTOBA_ISA=avx512 was asked for, but this CPU lacks AVX-512 (F, BW, VL, DQ)");
+  if (avx512) {
+    cpu::avx512::fill_backend(b);
+    g_cpu_isa = "avx512";
+  } else {
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma"))
+      throw Error("kotoba needs a CPU with AVX2 and FMA");
+    cpu::avx2::fill_backend(b);
+    g_cpu_isa = "avx2";
+  }
+  return &b;
+}
+}  // namespace
+
+std::string_view kernel_name(Kernel k) { return kKernelNames[int(k)]; }
+
+bool Backend::supports(Kernel k) const {
+  switch (k) {
+#define KOTOBA_KERNEL_SUPPORTS(name, Args) \
+  case Kernel::name: return name != nullptr;
+    KOTOBA_KERNELS(KOTOBA_KERNEL_SUPPORTS)
+#undef KOTOBA_KERNEL_SUPPORTS
+    case Kernel::count: break;
+  }
+  return false;
+}
+
+const Backend& backend_for(Device device) {
+  static std::once_flag cpu_once;
+  std::call_once(cpu_once, [] { g_backends[0] = make_cpu_backend(); });
+  const Backend* b = g_backends[int(device)];
+  KOTOBA_CHECK(b != nullptr, "no backend is registered for device '", device_name(device),
+               "' (this build has no CUDA support, or no GPU was found)");
+  return *b;
+}
+
+void register_backend(Device device, const Backend* backend) { g_backends[int(device)] = backend; }
+
+std::string_view cpu_isa() {
+  backend_for(Device::cpu);
+  return g_cpu_isa;
+}
+
+}  // namespace kotoba

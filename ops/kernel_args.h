@@ -1,0 +1,169 @@
+// The argument block of every kernel, one struct per op. Backends implement kernels against
+// these; ops/*.cpp fill them after checking shapes. Shapes are written on every field.
+//
+// Conventions, for every kernel:
+// - pointers are to contiguous memory unless a stride field says otherwise;
+// - all tensor pointers of one op share `dtype` (f32 or bf16) unless the field says f32/i32;
+// - math is done in f32 whatever the storage type;
+// - parameter gradients are always accumulated (+=); activation gradients are written (=)
+//   unless `accumulate` is set, in which case they are added (+=).
+#pragma once
+#include <cstdint>
+
+#include "core/dtype.h"
+
+namespace kotoba {
+
+// out (N, C) = weight[ids[n]]           ids (N) i32 in [0, V), weight (V, C)
+struct EmbeddingForwardArgs {
+  const int32_t* ids; const void* weight; void* out;
+  int64_t n_tokens, vocab, dim; DType dtype;
+};
+// dweight (V, C) += scatter of dout (N, C) by ids
+struct EmbeddingBackwardArgs {
+  const int32_t* ids; const void* dout; void* dweight;
+  int64_t n_tokens, vocab, dim; DType dtype;
+};
+
+// Row-major, strided-batched: for each b < batch,
+//   C_b (M, N) = alpha * op(A_b) (M, K) @ op(B_b) (K, N) + beta * C_b
+// op(X) = X^T when trans_X. lda/ldb/ldc are the row strides of A, B, C as stored.
+// A and B share dtype_ab (f32 or bf16); C has dtype_c.
+struct GemmArgs {
+  bool trans_a, trans_b;
+  int64_t m, n, k;
+  float alpha;
+  const void* a; int64_t lda, stride_a;
+  const void* b; int64_t ldb, stride_b;
+  float beta;
+  void* c; int64_t ldc, stride_c;
+  int64_t batch;
+  DType dtype_ab, dtype_c;
+};
+
+enum class BinaryKind : uint8_t { add, sub, mul, div };
+// out (outer, inner) = a (outer, inner) <kind> b, where b is (outer, inner) when b_period ==
+// outer*inner, or (inner) repeated over rows when b_period == inner. out may alias a.
+struct BinaryArgs {
+  BinaryKind kind; const void* a; const void* b; void* out;
+  int64_t n, b_period; DType dtype;
+};
+
+// out (n) = alpha * x (n) + beta * out (n); beta == 0 ignores the old contents of out.
+struct AxpbyArgs {
+  const void* x; void* out; int64_t n; float alpha, beta; DType dtype;
+};
+
+// out (inner) = sum over rows of x (outer, inner), added to out when accumulate.
+struct SumRowsArgs {
+  const void* x; void* out; int64_t outer, inner; bool accumulate; DType dtype;
+};
+
+// *out (f64) = sum of x (n), or of x^2 when squares.
+struct ReduceSumArgs {
+  const void* x; double* out; int64_t n; bool squares; DType dtype;
+};
+
+// out (n) = value
+struct FillArgs {
+  void* out; int64_t n; float value; DType dtype;
+};
+
+enum class UnaryKind : uint8_t { gelu_tanh, silu, relu, exp, tanh };
+// out (n) = f(x)
+struct UnaryForwardArgs {
+  UnaryKind kind; const void* x; void* out; int64_t n; DType dtype;
+};
+// dx (n) (=|+=) dout * f'(x)
+struct UnaryBackwardArgs {
+  UnaryKind kind; const void* x; const void* dout; void* dx; int64_t n; bool accumulate; DType dtype;
+};
+
+// out (n) = silu(gate) * up
+struct SwigluForwardArgs {
+  const void* gate; const void* up; void* out; int64_t n; DType dtype;
+};
+struct SwigluBackwardArgs {
+  const void* gate; const void* up; const void* dout; void* dgate; void* dup;
+  int64_t n; bool accumulate; DType dtype;
+};
+
+// LayerNorm over the last dim: x (rows, cols), weight/bias (cols) (bias may be null),
+// mean/rstd (rows) f32 saved for the backward. RMSNorm uses the same block with mean/bias null.
+struct NormForwardArgs {
+  const void* x; const void* weight; const void* bias; void* out;
+  float* mean; float* rstd; int64_t rows, cols; float eps; DType dtype;
+};
+struct NormBackwardArgs {
+  const void* x; const void* weight; const float* mean; const float* rstd; const void* dout;
+  void* dx; void* dweight; void* dbias;  // dweight/dbias accumulate; dbias may be null
+  int64_t rows, cols; bool accumulate; DType dtype;
+};
+
+// Softmax over the last dim of x (rows, cols).
+struct SoftmaxForwardArgs {
+  const void* x; void* out; int64_t rows, cols; DType dtype;
+};
+// dx = out * (dout - sum(dout * out))
+struct SoftmaxBackwardArgs {
+  const void* out; const void* dout; void* dx; int64_t rows, cols; bool accumulate; DType dtype;
+};
+
+// Strides of a (B, H, T, D) tensor, in elements; D is contiguous.
+struct Strides4 {
+  int64_t batch, head, token;
+};
+
+// Fused scaled-dot-product attention, flash style: no T x S score matrix is held beyond a
+// tile per thread. q (B, H, T, D), k/v (B, Hkv, S, D) with H % Hkv == 0 (grouped-query),
+// out (B, H, T, D); lse (B, H, T) f32 is the log-sum-exp of each score row, kept for the
+// backward. Causal masks key s > query t + (S - T). key_mask (B, S) i32, 1 keeps, may be null.
+struct AttentionForwardArgs {
+  const void* q; const void* k; const void* v; void* out; float* lse;
+  Strides4 q_strides, k_strides, v_strides, out_strides;
+  const int32_t* key_mask;
+  int64_t batch, heads, kv_heads, q_len, kv_len, head_dim;
+  float scale; bool causal; DType dtype;
+};
+// Recomputes the scores tile by tile from q, k and lse. dq/dk/dv are written (=) with the
+// strides of q/k/v unless accumulate.
+struct AttentionBackwardArgs {
+  const void* q; const void* k; const void* v; const void* out; const float* lse; const void* dout;
+  void* dq; void* dk; void* dv;
+  Strides4 q_strides, k_strides, v_strides, out_strides, dout_strides, dq_strides, dk_strides, dv_strides;
+  const int32_t* key_mask;
+  int64_t batch, heads, kv_heads, q_len, kv_len, head_dim;
+  float scale; bool causal; bool accumulate; DType dtype;
+};
+
+// Rotary embedding, rotate-half convention (HF LLaMA): x (N, H, D) with token n at position
+// positions[n] (i32); cos/sin (max_pos, D/2) f32. inverse rotates backwards (the backward).
+struct RopeArgs {
+  const void* x; void* out; const int32_t* positions; const float* cos; const float* sin;
+  int64_t n_tokens, heads, head_dim, max_pos; bool inverse; bool accumulate; DType dtype;
+};
+
+// Fused softmax + cross-entropy over logits (N, V) with targets (N) i32; ignore_index rows
+// give loss 0. losses (N) f32. If dlogits is set it receives grad_scale * (softmax - onehot)
+// (0 for ignored rows); it may alias logits, which then are overwritten.
+struct CrossEntropyArgs {
+  const void* logits; const int32_t* targets; float* losses; void* dlogits;
+  int64_t rows, vocab; int32_t ignore_index; float grad_scale; DType dtype;
+};
+
+// Inverted dropout with a counter-based mask: element i is kept when
+// uniform(seed, offset + i) >= p, and then scaled by 1 / (1 - p). The backward recomputes the
+// mask from the same seed and offset, so no mask is stored.
+struct DropoutArgs {
+  const void* x; void* out; int64_t n; float p; uint64_t seed, offset; bool accumulate; DType dtype;
+};
+
+// Fused AdamW (decoupled weight decay), f32 master parameters and moments:
+// m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; p -= lr (mhat / (sqrt(vhat) + eps) + wd p)
+// grad may be f32 or bf16 (grad_dtype); grad_scale multiplies g first (clipping).
+struct AdamWArgs {
+  float* param; const void* grad; float* m; float* v; int64_t n;
+  float lr, beta1, beta2, eps, weight_decay, grad_scale; int64_t step; DType grad_dtype;
+};
+
+}  // namespace kotoba

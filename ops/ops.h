@@ -1,0 +1,77 @@
+// The differentiable ops: each checks its shapes (a mismatch throws kotoba::Error naming the
+// op and the shapes), runs the kernel of the tensors' device and records its backward.
+// Shapes and broadcast rules are written on each declaration.
+#pragma once
+#include <cmath>
+#include <limits>
+
+#include "core/rng.h"
+#include "core/tensor.h"
+#include "ops/autograd.h"
+
+namespace kotoba {
+
+// ---- shape (views where possible; gradients flow through) ----
+Tensor reshape(const Tensor& x, const Shape& shape);           // -1 infers one dim
+Tensor transpose(const Tensor& x, int dim0, int dim1);         // a view
+Tensor slice(const Tensor& x, int dim, int64_t start, int64_t end);  // a view
+Tensor contiguous(const Tensor& x);
+Tensor cast(const Tensor& x, DType dtype);                     // f32 <-> bf16; gradient cast back
+
+// ---- element-wise: a and b broadcast numpy-style; out has the broadcast shape ----
+Tensor add(const Tensor& a, const Tensor& b);
+Tensor sub(const Tensor& a, const Tensor& b);
+Tensor mul(const Tensor& a, const Tensor& b);
+Tensor div(const Tensor& a, const Tensor& b);
+Tensor scale(const Tensor& x, float alpha);                    // alpha * x
+Tensor sum(const Tensor& x);                                   // scalar (shape [])
+Tensor mean(const Tensor& x);                                  // scalar
+
+// ---- activations ----
+Tensor gelu(const Tensor& x);   // tanh form: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+Tensor silu(const Tensor& x);   // x * sigmoid(x)
+Tensor relu(const Tensor& x);
+Tensor swiglu(const Tensor& gate, const Tensor& up);  // silu(gate) * up, same shapes
+
+// ---- linear algebra ----
+// a (..., M, K) @ b (..., K, N) -> (..., M, N); b may be 2-D and is then shared by every batch.
+Tensor matmul(const Tensor& a, const Tensor& b);
+// x (..., in) @ weight (out, in)^T + bias (out) -> (..., out); bias may be undefined.
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor());
+
+// ---- embeddings ----
+// ids (...) i32 in [0, V), weight (V, C) -> (..., C)
+Tensor embedding(const Tensor& ids, const Tensor& weight);
+
+// ---- normalisation over the last dim ----
+Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, float eps = 1e-5f);  // bias may be undefined
+Tensor rms_norm(const Tensor& x, const Tensor& weight, float eps = 1e-6f);
+Tensor softmax(const Tensor& x);
+
+// ---- attention ----
+// q (B, H, T, D), k/v (B, Hkv, S, D), H % Hkv == 0 -> (B, H, T, D), any strides with D
+// contiguous. key_mask (B, S) i32 (1 = attend), may be undefined. scale defaults to 1/sqrt(D).
+Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
+                                    const Tensor& key_mask = Tensor(),
+                                    float scale = std::numeric_limits<float>::quiet_NaN());
+// GPT-style packed projections: qkv (B, T, 3C) laid out [q | k | v], n_head heads of C/n_head
+// -> (B, T, C). Reads q, k, v in place and writes its gradient into one (B, T, 3C) buffer.
+Tensor attention_packed_qkv(const Tensor& qkv, int64_t n_head, bool causal, const Tensor& key_mask = Tensor());
+
+// Rotary position embedding (rotate-half, as HF LLaMA): x (B, T, H, D), positions (T) or
+// (B, T) i32; cos/sin tables (max_pos, D/2) f32 from rope_tables().
+Tensor rope(const Tensor& x, const Tensor& positions, const Tensor& cos, const Tensor& sin);
+void rope_tables(int64_t max_pos, int64_t head_dim, float theta, Tensor& cos, Tensor& sin);
+
+// ---- losses ----
+// logits (N, V) (or (B, T, V)), targets (N) (or (B, T)) i32; mean over targets != ignore_index.
+// When overwrite_logits, the gradient is computed into the logits buffer during the forward
+// (saving a (N, V) buffer); the logits must not be used afterwards.
+Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int32_t ignore_index = -100,
+                     bool overwrite_logits = false);
+
+// ---- regularisation ----
+// Inverted dropout; identity when !training or p == 0. Draws from `gen`.
+Tensor dropout(const Tensor& x, float p, Generator& gen, bool training = true);
+
+}  // namespace kotoba
