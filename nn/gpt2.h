@@ -1,0 +1,84 @@
+// GPT-2: learned positions, pre-LayerNorm blocks, fused-QKV causal attention, GELU MLP, tied
+// LM head, and GPT-2's initialisation (residual projections scaled by 1/sqrt(2 n_layer)).
+// Parameter names are HF transformers' (transformer.h.0.attn.c_attn.weight, ...); HF stores
+// these Conv1D weights as (in, out), kotoba as (out, in): io/ transposes on the way.
+#pragma once
+#include <memory>
+#include <vector>
+
+#include "nn/layers.h"
+
+namespace kotoba::nn {
+
+struct GPT2Config {
+  int64_t vocab_size = 50257;
+  int64_t n_positions = 1024;  // longest sequence (learned position table)
+  int64_t n_embd = 768;
+  int64_t n_layer = 12;
+  int64_t n_head = 12;
+  float layer_norm_epsilon = 1e-5f;
+  float dropout = 0.0f;  // on embeddings and residual branches (HF embd_pdrop, resid_pdrop)
+  float initializer_range = 0.02f;
+  uint64_t seed = 1337;  // initialisation and dropout
+};
+
+class GPT2Attention : public Module {
+ public:
+  GPT2Attention(const GPT2Config& config, Generator& gen);
+  // x (B, T, C) -> (B, T, C)
+  Tensor forward(const Tensor& x, Generator& dropout_gen) const;
+  Linear c_attn;  // (3C, C): [q | k | v]
+  Linear c_proj;  // (C, C), init scaled for the residual stream
+  int64_t n_head;
+  float dropout;
+};
+
+class GPT2MLP : public Module {
+ public:
+  GPT2MLP(const GPT2Config& config, Generator& gen);
+  Tensor forward(const Tensor& x, Generator& dropout_gen) const;
+  Linear c_fc;    // (4C, C)
+  Linear c_proj;  // (C, 4C), init scaled for the residual stream
+  float dropout;
+};
+
+class GPT2Block : public Module {
+ public:
+  GPT2Block(const GPT2Config& config, Generator& gen);
+  Tensor forward(const Tensor& x, Generator& dropout_gen) const;
+  LayerNorm ln_1;
+  GPT2Attention attn;
+  LayerNorm ln_2;
+  GPT2MLP mlp;
+};
+
+class GPT2 : public Module {
+  // Declared first: the members below are initialised from them.
+  GPT2Config config_;
+  Generator init_gen_;
+
+ public:
+  explicit GPT2(const GPT2Config& config);
+
+  // ids (B, T) i32 -> logits (B, T, V).
+  Tensor logits(const Tensor& ids);
+  // ids, targets (B, T) i32 -> mean next-token cross-entropy over targets != -100.
+  // The logits buffer is reused for their gradient: no (B, T, V) gradient is allocated.
+  Tensor loss(const Tensor& ids, const Tensor& targets);
+
+  const GPT2Config& config() const { return config_; }
+  Generator& dropout_generator() { return dropout_gen_; }
+
+  Embedding wte;  // (V, C), also the LM head
+  Embedding wpe;  // (n_positions, C)
+  std::vector<std::unique_ptr<GPT2Block>> h;
+  LayerNorm ln_f;
+
+ private:
+  Tensor hidden(const Tensor& ids);  // final-LayerNorm output (B, T, C)
+  Module transformer_;               // the "transformer." prefix of HF names
+  Generator dropout_gen_;
+  Tensor positions_;  // (T) i32, 0..T-1, cached for the last T
+};
+
+}  // namespace kotoba::nn

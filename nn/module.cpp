@@ -1,0 +1,55 @@
+// Module parameter tree and initialisation helpers.
+#include "nn/module.h"
+
+namespace kotoba::nn {
+
+std::vector<std::pair<std::string, Tensor>> Module::named_parameters() const {
+  std::vector<std::pair<std::string, Tensor>> out;
+  collect("", out);
+  return out;
+}
+
+void Module::collect(const std::string& prefix, std::vector<std::pair<std::string, Tensor>>& out) const {
+  for (auto& [name, t] : params_) out.emplace_back(prefix + name, t);
+  for (auto& [name, child] : children_) child->collect(prefix + name + ".", out);
+}
+
+std::vector<Tensor> Module::parameters() const {
+  std::vector<Tensor> out;
+  for (auto& [name, t] : named_parameters()) out.push_back(t);
+  return out;
+}
+
+int64_t Module::parameter_count() const {
+  int64_t n = 0;
+  for (auto& [name, t] : named_parameters()) n += t.numel();
+  return n;
+}
+
+void Module::train(bool on) {
+  training_ = on;
+  for (auto& [name, child] : children_) child->train(on);
+}
+
+void Module::zero_grad() {
+  for (auto& [name, t] : named_parameters()) t.zero_grad();
+}
+
+void Module::set_requires_grad(bool value) {
+  for (auto& [name, t] : named_parameters()) t.set_requires_grad(value);
+}
+
+Tensor Module::register_parameter(std::string name, Tensor value) {
+  value.set_requires_grad(true);
+  params_.emplace_back(std::move(name), value);
+  return value;
+}
+
+void Module::register_module(std::string name, Module& child) { children_.emplace_back(std::move(name), &child); }
+
+void init_normal(Tensor& t, float std, Generator& gen) {
+  float* p = t.data<float>();
+  for (int64_t i = 0, n = t.numel(); i < n; ++i) p[i] = gen.normal() * std;
+}
+
+}  // namespace kotoba::nn

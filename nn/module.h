@@ -1,0 +1,50 @@
+// Module: a named tree of parameters. Names are the checkpoint's own (HF names where an HF
+// equivalent exists), so import/export is a mechanical map over named_parameters().
+#pragma once
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/rng.h"
+#include "core/tensor.h"
+
+namespace kotoba::nn {
+
+class Module {
+ public:
+  Module() = default;
+  virtual ~Module() = default;
+  Module(const Module&) = delete;  // children are referenced by address
+  Module& operator=(const Module&) = delete;
+
+  // Every parameter below this module, depth-first in registration order, with dotted names.
+  std::vector<std::pair<std::string, Tensor>> named_parameters() const;
+  std::vector<Tensor> parameters() const;
+  int64_t parameter_count() const;
+
+  // Training mode switches dropout on; eval mode off. Applies to the whole subtree.
+  void train(bool on = true);
+  void eval() { train(false); }
+  bool training() const { return training_; }
+
+  void zero_grad();
+  // Freezes (or unfreezes) every parameter below this module.
+  void set_requires_grad(bool value);
+
+ // Registration is public so that plain Modules can group children (e.g. "transformer.").
+  Tensor register_parameter(std::string name, Tensor value);
+  void register_module(std::string name, Module& child);
+
+
+ private:
+  void collect(const std::string& prefix, std::vector<std::pair<std::string, Tensor>>& out) const;
+  std::vector<std::pair<std::string, Tensor>> params_;
+  std::vector<std::pair<std::string, Module*>> children_;
+  bool training_ = true;
+};
+
+// Fills `t` (f32) with N(0, std^2) from `gen`.
+void init_normal(Tensor& t, float std, Generator& gen);
+
+}  // namespace kotoba::nn

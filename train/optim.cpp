@@ -1,0 +1,68 @@
+// AdamW and gradient clipping over the backend kernels.
+#include "train/optim.h"
+
+#include <cmath>
+
+#include "ops/backend.h"
+
+namespace kotoba::train {
+
+AdamW::AdamW(std::vector<std::pair<std::string, Tensor>> named_params, const AdamWConfig& config) : config_(config) {
+  for (auto& [name, p] : named_params) {
+    if (!p.requires_grad()) continue;  // frozen: no state at all
+    KOTOBA_CHECK(p.dtype() == DType::f32 && p.is_contiguous(), "AdamW: parameter '", name,
+                 "' must be a contiguous f32 master tensor, got ", dtype_name(p.dtype()));
+    Slot s{name, p, Tensor::zeros(p.shape(), DType::f32, p.device()), Tensor::zeros(p.shape(), DType::f32, p.device()),
+           !config.decay_matrices_only || p.ndim() >= 2};
+    slots_.push_back(std::move(s));
+  }
+}
+
+void AdamW::step(float grad_scale) {
+  ++step_;
+  for (auto& s : slots_) {
+    Tensor g = s.param.grad();
+    if (!g.defined()) continue;
+    KOTOBA_CHECK(g.shape() == s.param.shape(), "AdamW: gradient of '", s.name, "' has shape ", shape_str(g.shape()),
+                 ", parameter ", shape_str(s.param.shape()));
+    AdamWArgs args{s.param.data<float>(), g.raw(), s.m.data<float>(), s.v.data<float>(), s.param.numel(),
+                   config_.lr, config_.beta1, config_.beta2, config_.eps, s.decay ? config_.weight_decay : 0.0f,
+                   grad_scale, step_, g.dtype()};
+    KOTOBA_DISPATCH(s.param.device(), adamw_step, args);
+  }
+}
+
+void AdamW::zero_grad() {
+  for (auto& s : slots_) s.param.zero_grad();
+}
+
+float global_grad_norm(const std::vector<Tensor>& params) {
+  double total = 0.0;
+  for (const Tensor& p : params) {
+    Tensor g = p.grad();
+    if (!g.defined()) continue;
+    double part = 0.0;
+    ReduceSumArgs args{g.raw(), &part, g.numel(), /*squares=*/true, g.dtype()};
+    KOTOBA_DISPATCH(g.device(), reduce_sum, args);
+    total += part;
+  }
+  return float(std::sqrt(total));
+}
+
+float clip_grad_norm(const std::vector<Tensor>& params, float max_norm) {
+  float norm = global_grad_norm(params);
+  KOTOBA_CHECK(std::isfinite(norm), "clip_grad_norm: the gradient norm is not finite (", norm,
+               "); the loss or a gradient overflowed");
+  float c = clip_coefficient(norm, max_norm);
+  if (c < 1.0f) {
+    for (const Tensor& p : params) {
+      Tensor g = p.grad();
+      if (!g.defined()) continue;
+      AxpbyArgs args{g.raw(), g.raw(), g.numel(), c, 0.0f, g.dtype()};
+      KOTOBA_DISPATCH(g.device(), axpby, args);
+    }
+  }
+  return norm;
+}
+
+}  // namespace kotoba::train
