@@ -5,10 +5,14 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <string>
 
 namespace kotoba {
 
 namespace cpu::avx512 { void fill_backend(Backend& b); }
+#ifdef KOTOBA_HAVE_CUDA
+namespace cuda { std::string init_backend(); }  // ops/cuda/device.cpp: "" or why not
+#endif
 namespace cpu::avx2 { void fill_backend(Backend& b); }
 
 namespace {
@@ -67,9 +71,19 @@ bool Backend::supports(Kernel k) const {
 const Backend& backend_for(Device device) {
   static std::once_flag cpu_once;
   std::call_once(cpu_once, [] { g_backends[0] = make_cpu_backend(); });
+  const char* cuda_missing = "this build has no CUDA support";
+#ifdef KOTOBA_HAVE_CUDA
+  // The CUDA backend registers itself at its first use, if a device is present.
+  static std::string cuda_reason;
+  if (device == Device::cuda) {
+    static std::once_flag cuda_once;
+    std::call_once(cuda_once, [] { cuda_reason = cuda::init_backend(); });
+  }
+  cuda_missing = cuda_reason.c_str();
+#endif
   const Backend* b = g_backends[int(device)];
-  KOTOBA_CHECK(b != nullptr, "no backend is registered for device '", device_name(device),
-               "' (this build has no CUDA support, or no GPU was found)");
+  KOTOBA_CHECK(b != nullptr, "no backend is registered for device '", device_name(device), "' (",
+               cuda_missing, ")");
   return *b;
 }
 

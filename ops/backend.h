@@ -27,6 +27,9 @@ struct Backend {
   // Copies bytes between host and this device (unused for the host backend).
   void (*copy_to_host)(void* dst, const void* src, size_t bytes) = nullptr;
   void (*copy_from_host)(void* dst, const void* src, size_t bytes) = nullptr;
+  // Device-to-device copy, ordered after the queued kernels; and a wait for all queued work.
+  void (*copy_on_device)(void* dst, const void* src, size_t bytes) = nullptr;
+  void (*synchronize)() = nullptr;
 
   bool supports(Kernel k) const;
 };

@@ -126,7 +126,7 @@ struct AttentionForwardArgs {
   float scale; bool causal; DType dtype;
 };
 // Recomputes the scores tile by tile from q, k and lse. dq/dk/dv are written (=) with the
-// strides of q/k/v unless accumulate.
+// strides of q/k/v unless accumulate. Any of dq/dk/dv may be null (that gradient is not needed).
 struct AttentionBackwardArgs {
   const void* q; const void* k; const void* v; const void* out; const float* lse; const void* dout;
   void* dq; void* dk; void* dv;

@@ -74,4 +74,10 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int32_t ignore
 // Inverted dropout; identity when !training or p == 0. Draws from `gen`.
 Tensor dropout(const Tensor& x, float p, Generator& gen, bool training = true);
 
+// ---- devices ----
+// A copy of x on `device` (CPU -> CUDA, CUDA -> CPU, or a clone on the same device),
+// contiguous, same dtype, no autograd history. Brings up the CUDA backend on first use;
+// throws when the device has no backend (no CUDA build or no GPU). ops/device_copy.cpp.
+Tensor to_device(const Tensor& x, Device device);
+
 }  // namespace kotoba

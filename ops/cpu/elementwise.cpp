@@ -47,8 +47,7 @@ void binary_typed(const BinaryArgs& args) {
         T* orow = out + r * inner;
         int64_t j = 0;
         for (; j + kLanes <= inner; j += kLanes) vstore(orow + j, apply<K>(vload(ar + j), vload(b + j)));
-        if (j < inner)
-          vstore_n(orow + j, apply<K>(vload_n(ar + j, inner - j), vload_n(b + j, inner - j)), inner - j);
+        if (j < inner) vstore_n(orow + j, apply<K>(vload_n(ar + j, inner - j), vload_n(b + j, inner - j)), inner - j);
       }
     });
   }
@@ -57,16 +56,26 @@ void binary_typed(const BinaryArgs& args) {
 template <typename T>
 void binary_dispatch_kind(const BinaryArgs& args) {
   switch (args.kind) {
-    case BinaryKind::add: binary_typed<BinaryKind::add, T>(args); break;
-    case BinaryKind::sub: binary_typed<BinaryKind::sub, T>(args); break;
-    case BinaryKind::mul: binary_typed<BinaryKind::mul, T>(args); break;
-    case BinaryKind::div: binary_typed<BinaryKind::div, T>(args); break;
+    case BinaryKind::add:
+      binary_typed<BinaryKind::add, T>(args);
+      break;
+    case BinaryKind::sub:
+      binary_typed<BinaryKind::sub, T>(args);
+      break;
+    case BinaryKind::mul:
+      binary_typed<BinaryKind::mul, T>(args);
+      break;
+    case BinaryKind::div:
+      binary_typed<BinaryKind::div, T>(args);
+      break;
   }
 }
 
 void binary(const BinaryArgs& args) {
-  if (args.dtype == DType::bf16) binary_dispatch_kind<bf16>(args);
-  else binary_dispatch_kind<float>(args);
+  if (args.dtype == DType::bf16)
+    binary_dispatch_kind<bf16>(args);
+  else
+    binary_dispatch_kind<float>(args);
 }
 
 // ---- axpby: out (n) = alpha x + beta out ----
@@ -81,8 +90,7 @@ void axpby_typed(const AxpbyArgs& args) {
     int64_t i = begin;
     if (read_out) {
       for (; i + kLanes <= end; i += kLanes) vstore(out + i, vfma(alpha, vload(x + i), beta * vload(out + i)));
-      if (i < end)
-        vstore_n(out + i, vfma(alpha, vload_n(x + i, end - i), beta * vload_n(out + i, end - i)), end - i);
+      if (i < end) vstore_n(out + i, vfma(alpha, vload_n(x + i, end - i), beta * vload_n(out + i, end - i)), end - i);
     } else {
       for (; i + kLanes <= end; i += kLanes) vstore(out + i, alpha * vload(x + i));
       if (i < end) vstore_n(out + i, alpha * vload_n(x + i, end - i), end - i);
@@ -91,8 +99,10 @@ void axpby_typed(const AxpbyArgs& args) {
 }
 
 void axpby(const AxpbyArgs& args) {
-  if (args.dtype == DType::bf16) axpby_typed<bf16>(args);
-  else axpby_typed<float>(args);
+  if (args.dtype == DType::bf16)
+    axpby_typed<bf16>(args);
+  else
+    axpby_typed<float>(args);
 }
 
 // ---- sum_rows: out (inner) (=|+=) sum over rows of x (outer, inner) ----
@@ -102,31 +112,50 @@ void sum_rows_typed(const SumRowsArgs& args) {
   const T* x = static_cast<const T*>(args.x);
   T* out = static_cast<T*>(args.out);
   const int64_t outer = args.outer, inner = args.inner;
-  auto finish = [&](int64_t j, float s) {
-    out[j] = from_f32<T>(args.accumulate ? to_f32(out[j]) + s : s);
-  };
+  auto finish = [&](int64_t j, float s) { out[j] = from_f32<T>(args.accumulate ? to_f32(out[j]) + s : s); };
   const int max_threads = omp_in_parallel() ? 1 : omp_get_max_threads();
   const int64_t work = outer * inner;
-  // Wide rows: every thread owns a block of columns and walks all rows.
-  if (work <= kGrain || max_threads == 1 || inner >= int64_t(max_threads) * 256) {
-    const int64_t block = 16 * kLanes;
-    const int64_t blocks = (inner + block - 1) / block;
+  // Wide rows (or little work): threads own blocks of 8 vectors of columns and walk the rows
+  // in order, keeping the block's sums in registers, so each row is read as one contiguous run.
+  constexpr int64_t kBlock = 8 * kLanes;
+  const int64_t blocks = (inner + kBlock - 1) / kBlock;
+  if (work <= kGrain || max_threads == 1 || blocks >= max_threads) {
 #pragma omp parallel for schedule(static) if (work > kGrain && blocks > 1)
     for (int64_t bi = 0; bi < blocks; ++bi) {
-      const int64_t j0 = bi * block, j1 = min_i64(inner, j0 + block);
-      int64_t j = j0;
-      for (; j + kLanes <= j1; j += kLanes) {
-        Vec acc = vzero();
-        for (int64_t r = 0; r < outer; ++r) acc = acc + vload(x + r * inner + j);
-        alignas(64) float s[kLanes];
-        vstore(s, acc);
-        for (int l = 0; l < kLanes; ++l) finish(j + l, s[l]);
+      const int64_t j0 = bi * kBlock, width = min_i64(kBlock, inner - j0);
+      alignas(64) float sums[kBlock];
+      if (width == kBlock) {
+        Vec a0 = vzero(), a1 = vzero(), a2 = vzero(), a3 = vzero(), a4 = vzero(), a5 = vzero(), a6 = vzero(),
+            a7 = vzero();
+        for (int64_t r = 0; r < outer; ++r) {
+          const T* row = x + r * inner + j0;
+          a0 = a0 + vload(row);
+          a1 = a1 + vload(row + kLanes);
+          a2 = a2 + vload(row + 2 * kLanes);
+          a3 = a3 + vload(row + 3 * kLanes);
+          a4 = a4 + vload(row + 4 * kLanes);
+          a5 = a5 + vload(row + 5 * kLanes);
+          a6 = a6 + vload(row + 6 * kLanes);
+          a7 = a7 + vload(row + 7 * kLanes);
+        }
+        vstore(sums, a0);
+        vstore(sums + kLanes, a1);
+        vstore(sums + 2 * kLanes, a2);
+        vstore(sums + 3 * kLanes, a3);
+        vstore(sums + 4 * kLanes, a4);
+        vstore(sums + 5 * kLanes, a5);
+        vstore(sums + 6 * kLanes, a6);
+        vstore(sums + 7 * kLanes, a7);
+      } else {  // the last, partial block: sums live in L1
+        for (int64_t j = 0; j < kBlock; ++j) sums[j] = 0.0f;
+        for (int64_t r = 0; r < outer; ++r) {
+          const T* row = x + r * inner + j0;
+          int64_t j = 0;
+          for (; j + kLanes <= width; j += kLanes) vstore(sums + j, vload(sums + j) + vload(row + j));
+          if (j < width) vstore(sums + j, vload(sums + j) + vload_n(row + j, width - j));
+        }
       }
-      for (; j < j1; ++j) {
-        float acc = 0.0f;
-        for (int64_t r = 0; r < outer; ++r) acc += to_f32(x[r * inner + j]);
-        finish(j, acc);
-      }
+      for (int64_t j = 0; j < width; ++j) finish(j0 + j, sums[j]);
     }
     return;
   }
@@ -158,8 +187,10 @@ void sum_rows_typed(const SumRowsArgs& args) {
 }
 
 void sum_rows(const SumRowsArgs& args) {
-  if (args.dtype == DType::bf16) sum_rows_typed<bf16>(args);
-  else sum_rows_typed<float>(args);
+  if (args.dtype == DType::bf16)
+    sum_rows_typed<bf16>(args);
+  else
+    sum_rows_typed<float>(args);
 }
 
 // ---- reduce_sum: *out (f64) = sum of x (n) or of x^2 ----
@@ -235,8 +266,10 @@ void reduce_sum_typed(const ReduceSumArgs& args) {
 }
 
 void reduce_sum(const ReduceSumArgs& args) {
-  if (args.dtype == DType::bf16) reduce_sum_typed<bf16>(args);
-  else reduce_sum_typed<float>(args);
+  if (args.dtype == DType::bf16)
+    reduce_sum_typed<bf16>(args);
+  else
+    reduce_sum_typed<float>(args);
 }
 
 // ---- fill: out (n) = value ----
@@ -253,8 +286,10 @@ void fill_typed(const FillArgs& args) {
 }
 
 void fill(const FillArgs& args) {
-  if (args.dtype == DType::bf16) fill_typed<bf16>(args);
-  else fill_typed<float>(args);
+  if (args.dtype == DType::bf16)
+    fill_typed<bf16>(args);
+  else
+    fill_typed<float>(args);
 }
 
 // ---- unary activations: out (n) = f(x), dx (n) (=|+=) dout * f'(x) ----
@@ -344,31 +379,55 @@ void unary_backward_typed(const UnaryBackwardArgs& args) {
 template <typename T>
 void unary_forward_kind(const UnaryForwardArgs& args) {
   switch (args.kind) {
-    case UnaryKind::gelu_tanh: unary_forward_typed<UnaryKind::gelu_tanh, T>(args); break;
-    case UnaryKind::silu: unary_forward_typed<UnaryKind::silu, T>(args); break;
-    case UnaryKind::relu: unary_forward_typed<UnaryKind::relu, T>(args); break;
-    case UnaryKind::exp: unary_forward_typed<UnaryKind::exp, T>(args); break;
-    case UnaryKind::tanh: unary_forward_typed<UnaryKind::tanh, T>(args); break;
+    case UnaryKind::gelu_tanh:
+      unary_forward_typed<UnaryKind::gelu_tanh, T>(args);
+      break;
+    case UnaryKind::silu:
+      unary_forward_typed<UnaryKind::silu, T>(args);
+      break;
+    case UnaryKind::relu:
+      unary_forward_typed<UnaryKind::relu, T>(args);
+      break;
+    case UnaryKind::exp:
+      unary_forward_typed<UnaryKind::exp, T>(args);
+      break;
+    case UnaryKind::tanh:
+      unary_forward_typed<UnaryKind::tanh, T>(args);
+      break;
   }
 }
 template <typename T>
 void unary_backward_kind(const UnaryBackwardArgs& args) {
   switch (args.kind) {
-    case UnaryKind::gelu_tanh: unary_backward_typed<UnaryKind::gelu_tanh, T>(args); break;
-    case UnaryKind::silu: unary_backward_typed<UnaryKind::silu, T>(args); break;
-    case UnaryKind::relu: unary_backward_typed<UnaryKind::relu, T>(args); break;
-    case UnaryKind::exp: unary_backward_typed<UnaryKind::exp, T>(args); break;
-    case UnaryKind::tanh: unary_backward_typed<UnaryKind::tanh, T>(args); break;
+    case UnaryKind::gelu_tanh:
+      unary_backward_typed<UnaryKind::gelu_tanh, T>(args);
+      break;
+    case UnaryKind::silu:
+      unary_backward_typed<UnaryKind::silu, T>(args);
+      break;
+    case UnaryKind::relu:
+      unary_backward_typed<UnaryKind::relu, T>(args);
+      break;
+    case UnaryKind::exp:
+      unary_backward_typed<UnaryKind::exp, T>(args);
+      break;
+    case UnaryKind::tanh:
+      unary_backward_typed<UnaryKind::tanh, T>(args);
+      break;
   }
 }
 
 void unary_forward(const UnaryForwardArgs& args) {
-  if (args.dtype == DType::bf16) unary_forward_kind<bf16>(args);
-  else unary_forward_kind<float>(args);
+  if (args.dtype == DType::bf16)
+    unary_forward_kind<bf16>(args);
+  else
+    unary_forward_kind<float>(args);
 }
 void unary_backward(const UnaryBackwardArgs& args) {
-  if (args.dtype == DType::bf16) unary_backward_kind<bf16>(args);
-  else unary_backward_kind<float>(args);
+  if (args.dtype == DType::bf16)
+    unary_backward_kind<bf16>(args);
+  else
+    unary_backward_kind<float>(args);
 }
 
 // ---- SwiGLU: gate, up, out (n); out = silu(gate) * up ----
@@ -408,14 +467,18 @@ void swiglu_backward_typed(const SwigluBackwardArgs& args) {
     if (dgate) {
       Vec r = d * u * vfma(g, ss, s);
       if (acc) r = r + (full ? vload(dgate + i) : vload_n(dgate + i, m));
-      if (full) vstore(dgate + i, r);
-      else vstore_n(dgate + i, r, m);
+      if (full)
+        vstore(dgate + i, r);
+      else
+        vstore_n(dgate + i, r, m);
     }
     if (dup) {
       Vec r = d * g * s;
       if (acc) r = r + (full ? vload(dup + i) : vload_n(dup + i, m));
-      if (full) vstore(dup + i, r);
-      else vstore_n(dup + i, r, m);
+      if (full)
+        vstore(dup + i, r);
+      else
+        vstore_n(dup + i, r, m);
     }
   };
   parallel_chunks(args.n, kGrain / 4, [&](int64_t begin, int64_t end) {
@@ -426,12 +489,16 @@ void swiglu_backward_typed(const SwigluBackwardArgs& args) {
 }
 
 void swiglu_forward(const SwigluForwardArgs& args) {
-  if (args.dtype == DType::bf16) swiglu_forward_typed<bf16>(args);
-  else swiglu_forward_typed<float>(args);
+  if (args.dtype == DType::bf16)
+    swiglu_forward_typed<bf16>(args);
+  else
+    swiglu_forward_typed<float>(args);
 }
 void swiglu_backward(const SwigluBackwardArgs& args) {
-  if (args.dtype == DType::bf16) swiglu_backward_typed<bf16>(args);
-  else swiglu_backward_typed<float>(args);
+  if (args.dtype == DType::bf16)
+    swiglu_backward_typed<bf16>(args);
+  else
+    swiglu_backward_typed<float>(args);
 }
 
 }  // namespace

@@ -43,8 +43,10 @@ void embedding_backward_typed(const EmbeddingBackwardArgs& args) {
 }
 
 void embedding_backward(const EmbeddingBackwardArgs& args) {
-  if (args.dtype == DType::bf16) embedding_backward_typed<bf16>(args);
-  else embedding_backward_typed<float>(args);
+  if (args.dtype == DType::bf16)
+    embedding_backward_typed<bf16>(args);
+  else
+    embedding_backward_typed<float>(args);
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <new>
 
 #include "ops/cpu/register.h"
 
@@ -23,7 +24,7 @@ struct Scratch {
       std::free(data);
       capacity = (count + 15) & ~size_t(15);
       data = static_cast<float*>(std::aligned_alloc(64, capacity * sizeof(float)));
-      KOTOBA_CHECK(data != nullptr, "gemm: out of memory for a ", capacity, "-float scratch buffer");
+      if (!data) throw std::bad_alloc();
     }
     return data;
   }
@@ -118,10 +119,8 @@ constexpr int64_t kSmallGemmFlops = int64_t(1) << 21;
 
 // C_b (M, N) = alpha op(A_b) (M, K) @ op(B_b) (K, N) + beta C_b for each b < batch.
 void gemm(const GemmArgs& g) {
-  KOTOBA_CHECK(g.dtype_ab == DType::f32 || g.dtype_ab == DType::bf16, "gemm: A/B dtype must be f32 or bf16, got ",
-               dtype_name(g.dtype_ab));
-  KOTOBA_CHECK(g.dtype_c == DType::f32 || g.dtype_c == DType::bf16, "gemm: C dtype must be f32 or bf16, got ",
-               dtype_name(g.dtype_c));
+  if (!(g.dtype_ab == DType::f32 || g.dtype_ab == DType::bf16) || !(g.dtype_c == DType::f32 || g.dtype_c == DType::bf16))
+    throw Error("gemm: A, B and C must be f32 or bf16");
   if (g.m <= 0 || g.n <= 0 || g.batch <= 0) return;
   const bool small = g.m * g.n * g.k < kSmallGemmFlops;
   if (g.batch > 1 && small && !omp_in_parallel()) {

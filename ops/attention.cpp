@@ -1,0 +1,154 @@
+// Fused scaled-dot-product attention ops: the general (B, H, T, D) form and the GPT-style
+// packed-QKV form that reads q/k/v in place and writes its gradient into one (B, T, 3C) buffer.
+#include <cmath>
+
+#include "ops/backend.h"
+#include "ops/ops.h"
+
+namespace kotoba {
+namespace {
+
+Strides4 strides4(const Tensor& t) { return Strides4{t.strides()[0], t.strides()[1], t.strides()[2]}; }
+
+// Byte offset `elements` into a tensor's data.
+inline void* at(const Tensor& t, int64_t elements) {
+  return static_cast<char*>(t.raw()) + int64_t(dtype_bytes(t.dtype(), 1)) * elements;
+}
+
+// `t` with a contiguous last dim (a copy only when needed).
+Tensor last_dim_contiguous(const Tensor& t) {
+  return (t.strides().back() == 1 || t.shape().back() <= 1) ? t : t.contiguous();
+}
+
+void check_attention_input(const Tensor& t, const char* op, const char* name, int ndim) {
+  KOTOBA_CHECK(t.defined(), op, ": ", name, " is undefined");
+  KOTOBA_CHECK(t.dtype() == DType::f32 || t.dtype() == DType::bf16, op, ": ", name, " must be f32 or bf16, got ",
+               dtype_name(t.dtype()));
+  KOTOBA_CHECK(t.ndim() == ndim, op, ": ", name, " must be ", ndim, "-d, got shape ", shape_str(t.shape()));
+}
+
+Tensor checked_key_mask(const Tensor& key_mask, int64_t B, int64_t S, const char* op) {
+  if (!key_mask.defined()) return key_mask;
+  KOTOBA_CHECK(key_mask.dtype() == DType::i32 && key_mask.shape() == Shape({B, S}), op,
+               ": key_mask must be i32 of shape ", shape_str({B, S}), ", got ", dtype_name(key_mask.dtype()), " ",
+               shape_str(key_mask.shape()));
+  return key_mask.contiguous();
+}
+
+}  // namespace
+
+// q (B, H, T, D), k/v (B, Hkv, S, D) -> out (B, H, T, D); lse (B, H, T) f32 saved for the backward.
+Tensor scaled_dot_product_attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, bool causal,
+                                    const Tensor& key_mask_in, float scale) {
+  const char* op = "scaled_dot_product_attention";
+  check_attention_input(q_in, op, "q", 4);
+  check_attention_input(k_in, op, "k", 4);
+  check_attention_input(v_in, op, "v", 4);
+  const int64_t B = q_in.size(0), H = q_in.size(1), T = q_in.size(2), D = q_in.size(3);
+  const int64_t Hkv = k_in.size(1), S = k_in.size(2);
+  KOTOBA_CHECK(k_in.shape() == v_in.shape() && k_in.size(0) == B && k_in.size(3) == D && Hkv > 0 && H % Hkv == 0, op,
+               ": expected q (B, H, T, D) and k, v (B, Hkv, S, D) with H % Hkv == 0, got q ", shape_str(q_in.shape()),
+               ", k ", shape_str(k_in.shape()), ", v ", shape_str(v_in.shape()));
+  KOTOBA_CHECK(q_in.dtype() == k_in.dtype() && q_in.dtype() == v_in.dtype() && q_in.device() == k_in.device() &&
+                   q_in.device() == v_in.device(),
+               op, ": q, k and v must share dtype and device");
+  Tensor q = last_dim_contiguous(q_in), k = last_dim_contiguous(k_in), v = last_dim_contiguous(v_in);
+  Tensor key_mask = checked_key_mask(key_mask_in, B, S, op);
+  if (std::isnan(scale)) scale = 1.0f / std::sqrt(float(D));
+  const DType dt = q.dtype();
+  Tensor out = Tensor::empty({B, H, T, D}, dt, q.device());
+  Tensor lse = Tensor::empty({B, H, T}, DType::f32, q.device());
+  AttentionForwardArgs fa{q.raw(), k.raw(), v.raw(), out.raw(), static_cast<float*>(lse.raw()),
+                          strides4(q), strides4(k), strides4(v), strides4(out),
+                          key_mask.defined() ? static_cast<const int32_t*>(key_mask.raw()) : nullptr,
+                          B, H, Hkv, T, S, D, scale, causal, dt};
+  KOTOBA_DISPATCH(q.device(), attention_forward, fa);
+
+  auto q_meta = q_in.autograd_meta(), k_meta = k_in.autograd_meta(), v_meta = v_in.autograd_meta();
+  // Recomputes the scores tile by tile from q, k and lse (see ops/cpu/attention.cpp).
+  return record(op, out, {&q_in, &k_in, &v_in},
+                [q, k, v, out, lse, key_mask, q_meta, k_meta, v_meta, B, H, Hkv, T, S, D, scale,
+                 causal](const Tensor& grad_in) {
+                  Tensor dout = last_dim_contiguous(grad_in);
+                  const DType dt = q.dtype();
+                  GradTarget targets[3] = {grad_target(q_meta, q.shape(), dt, q.device()),
+                                           grad_target(k_meta, k.shape(), dt, q.device()),
+                                           grad_target(v_meta, v.shape(), dt, q.device())};
+                  // The kernel has one accumulate flag: when the targets disagree, the ones that
+                  // accumulate receive a fresh gradient that is then added.
+                  bool any_acc = false, any_fresh = false;
+                  for (auto& t : targets)
+                    if (t) (t.accumulate ? any_acc : any_fresh) = true;
+                  if (!any_acc && !any_fresh) return;
+                  const bool mixed = any_acc && any_fresh;
+                  Tensor write[3];
+                  for (int i = 0; i < 3; ++i)
+                    if (targets[i])
+                      write[i] = (mixed && targets[i].accumulate)
+                                     ? Tensor::empty(targets[i].tensor.shape(), dt, q.device())
+                                     : targets[i].tensor;
+                  auto strides_or = [&](const Tensor& t, const Tensor& like) { return strides4(t.defined() ? t : like); };
+                  AttentionBackwardArgs ba{q.raw(), k.raw(), v.raw(), out.raw(), static_cast<const float*>(lse.raw()),
+                                           dout.raw(),
+                                           write[0].defined() ? write[0].raw() : nullptr,
+                                           write[1].defined() ? write[1].raw() : nullptr,
+                                           write[2].defined() ? write[2].raw() : nullptr,
+                                           strides4(q), strides4(k), strides4(v), strides4(out), strides4(dout),
+                                           strides_or(write[0], q), strides_or(write[1], k), strides_or(write[2], v),
+                                           key_mask.defined() ? static_cast<const int32_t*>(key_mask.raw()) : nullptr,
+                                           B, H, Hkv, T, S, D, scale, causal, any_acc && !mixed, dt};
+                  KOTOBA_DISPATCH(q.device(), attention_backward, ba);
+                  for (int i = 0; i < 3; ++i)
+                    if (targets[i] && mixed && targets[i].accumulate) {
+                      AxpbyArgs add{write[i].raw(), targets[i].tensor.raw(), write[i].numel(), 1.0f, 1.0f, dt};
+                      KOTOBA_DISPATCH(q.device(), axpby, add);
+                    }
+                });
+}
+
+// qkv (B, T, 3C) = [q | k | v], n_head heads of D = C / n_head -> out (B, T, C). The heads are
+// addressed through strides (batch T*3C, head D, token 3C), so nothing is transposed or copied.
+Tensor attention_packed_qkv(const Tensor& qkv_in, int64_t n_head, bool causal, const Tensor& key_mask_in) {
+  const char* op = "attention_packed_qkv";
+  check_attention_input(qkv_in, op, "qkv", 3);
+  const int64_t B = qkv_in.size(0), T = qkv_in.size(1), C3 = qkv_in.size(2);
+  KOTOBA_CHECK(n_head > 0 && C3 % (3 * n_head) == 0, op, ": qkv (B, T, 3C) needs a last dim divisible by 3 * n_head = ",
+               3 * n_head, ", got ", shape_str(qkv_in.shape()));
+  const int64_t C = C3 / 3, D = C / n_head, H = n_head;
+  Tensor qkv = last_dim_contiguous(qkv_in);
+  Tensor key_mask = checked_key_mask(key_mask_in, B, T, op);
+  const float scale = 1.0f / std::sqrt(float(D));
+  const DType dt = qkv.dtype();
+  Tensor out = Tensor::empty({B, T, C}, dt, qkv.device());
+  Tensor lse = Tensor::empty({B, H, T}, DType::f32, qkv.device());
+  const Strides4 in_strides{qkv.strides()[0], D, qkv.strides()[1]};
+  const Strides4 out_strides{T * C, D, C};
+  AttentionForwardArgs fa{at(qkv, 0), at(qkv, C), at(qkv, 2 * C), out.raw(), static_cast<float*>(lse.raw()),
+                          in_strides, in_strides, in_strides, out_strides,
+                          key_mask.defined() ? static_cast<const int32_t*>(key_mask.raw()) : nullptr,
+                          B, H, H, T, T, D, scale, causal, dt};
+  KOTOBA_DISPATCH(qkv.device(), attention_forward, fa);
+
+  auto qkv_meta = qkv_in.autograd_meta();
+  // The gradients of q, k and v land side by side in the (B, T, 3C) gradient of qkv.
+  return record(op, out, {&qkv_in},
+                [qkv, out, lse, key_mask, qkv_meta, in_strides, out_strides, B, H, T, C, D, scale,
+                 causal](const Tensor& grad_in) {
+                  GradTarget dqkv = grad_target(qkv_meta, qkv.shape(), qkv.dtype(), qkv.device());
+                  if (!dqkv) return;
+                  Tensor dout = last_dim_contiguous(grad_in);
+                  const Strides4 dout_strides{dout.strides()[0], D, dout.strides()[1]};
+                  const Tensor& g = dqkv.tensor;
+                  const Strides4 g_strides{g.strides()[0], D, g.strides()[1]};
+                  AttentionBackwardArgs ba{at(qkv, 0), at(qkv, C), at(qkv, 2 * C), out.raw(),
+                                           static_cast<const float*>(lse.raw()), dout.raw(),
+                                           at(g, 0), at(g, C), at(g, 2 * C),
+                                           in_strides, in_strides, in_strides, out_strides, dout_strides,
+                                           g_strides, g_strides, g_strides,
+                                           key_mask.defined() ? static_cast<const int32_t*>(key_mask.raw()) : nullptr,
+                                           B, H, H, T, T, D, scale, causal, dqkv.accumulate, qkv.dtype()};
+                  KOTOBA_DISPATCH(qkv.device(), attention_backward, ba);
+                });
+}
+
+}  // namespace kotoba
