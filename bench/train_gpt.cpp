@@ -107,10 +107,10 @@ struct Options {
 };
 
 int parse_count(const char* flag, const char* value, int min) {
-  KOTOBA_CHECK(value != nullptr, "bench_train_gpt: ", flag, " needs a number");
+  KOTOBA_CHECK(value != nullptr, flag, " needs a number");
   char* end = nullptr;
   long v = std::strtol(value, &end, 10);
-  KOTOBA_CHECK(end != value && *end == '\0' && v >= min && v <= 1000000, "bench_train_gpt: ", flag,
+  KOTOBA_CHECK(end != value && *end == '\0' && v >= min && v <= 1000000, flag,
                " must be an integer >= ", min, ", got '", value, "'");
   return int(v);
 }
@@ -127,13 +127,13 @@ Options parse_args(int argc, char** argv) {
       std::cout << "usage: bench_train_gpt CONFIG.json [--steps N] [--warmup N] [--profile]\n";
       std::exit(0);
     } else {
-      KOTOBA_CHECK(a.rfind("--", 0) != 0, "bench_train_gpt: unknown flag '", a, "'");
-      KOTOBA_CHECK(o.config_path.empty(), "bench_train_gpt: more than one config path given ('", o.config_path,
+      KOTOBA_CHECK(a.rfind("--", 0) != 0, "unknown flag '", a, "'");
+      KOTOBA_CHECK(o.config_path.empty(), "more than one config path given ('", o.config_path,
                    "', '", a, "')");
       o.config_path = a;
     }
   }
-  KOTOBA_CHECK(!o.config_path.empty(), "bench_train_gpt: no config given (usage: bench_train_gpt CONFIG.json "
+  KOTOBA_CHECK(!o.config_path.empty(), "no config given (usage: bench_train_gpt CONFIG.json "
                "[--steps N] [--warmup N] [--profile])");
   return o;
 }
@@ -285,7 +285,7 @@ int run(const Options& opt) {
     auto t3 = Clock::now();
 
     float l = loss.to_vector()[0];
-    KOTOBA_CHECK(std::isfinite(l), "bench_train_gpt: the loss became non-finite at step ", s);
+    KOTOBA_CHECK(std::isfinite(l), "the loss became non-finite at step ", s);
     if (s == 0) first_loss = l;
     last_loss = l;
     if (timed) {
