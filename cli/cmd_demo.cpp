@@ -1,5 +1,5 @@
-// The `kotoba` command line: a table of subcommands, each a page of argument parsing that
-// calls the library. Errors from the library become one line on stderr and exit code 1.
+// `kotoba demo`: the engine end to end on a small default — a byte-level GPT-2 trained on
+// English text for a few minutes, its validation loss against the unigram entropy, and samples.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -12,49 +12,17 @@
 #include <string>
 #include <vector>
 
+#include "cli/command.h"
 #include "core/parallel.h"
 #include "nn/gpt2.h"
 #include "ops/backend.h"
 #include "train/optim.h"
 
 using namespace kotoba;
+using kotoba::cli::Flags;
 namespace fs = std::filesystem;
 
 namespace {
-
-// Minimal flag parsing: --name value and --flag; an unknown flag is an error naming it.
-struct Flags {
-  std::map<std::string, std::string> values;
-  static Flags parse(const std::vector<std::string>& args, const std::vector<std::string>& known,
-                     const std::string& command) {
-    Flags f;
-    for (size_t i = 0; i < args.size(); ++i) {
-      const std::string& a = args[i];
-      KOTOBA_CHECK(a.rfind("--", 0) == 0, command, ": unexpected argument '", a, "' (see kotoba ", command, " --help)");
-      std::string name = a.substr(2);
-      KOTOBA_CHECK(std::find(known.begin(), known.end(), name) != known.end(), command, ": unknown flag '--", name,
-                   "' (see kotoba ", command, " --help)");
-      KOTOBA_CHECK(i + 1 < args.size(), command, ": flag '--", name, "' needs a value");
-      f.values[name] = args[++i];
-    }
-    return f;
-  }
-  std::string str(const std::string& name, const std::string& fallback) const {
-    auto it = values.find(name);
-    return it == values.end() ? fallback : it->second;
-  }
-  double num(const std::string& name, double fallback) const {
-    auto it = values.find(name);
-    if (it == values.end()) return fallback;
-    try {
-      size_t used = 0;
-      double v = std::stod(it->second, &used);
-      if (used == it->second.size()) return v;
-    } catch (const std::exception&) {
-    }
-    throw Error(detail::concat("flag '--", name, "' expects a number, got '", it->second, "'"));
-  }
-};
 
 std::string read_corpus(const std::string& path_arg) {
   std::vector<fs::path> files;
@@ -141,14 +109,14 @@ std::string sample(nn::GPT2& model, const std::string& prompt, int new_tokens, f
 }
 
 int cmd_demo(const std::vector<std::string>& args) {
-  if (!args.empty() && (args[0] == "--help" || args[0] == "-h")) {
+  if (cli::wants_help(args)) {
     std::cout << "kotoba demo [--text FILE] [--minutes M] [--threads N] [--seed S] [--out DIR]\n"
                  "  Trains a small byte-level GPT-2 on English text (default: Debian's fortunes) for M minutes\n"
                  "  (default 3), printing training and validation loss, then samples text from it.\n"
                  "  Writes DIR/loss.csv (default DIR: ./demo-run).\n";
     return 0;
   }
-  Flags f = Flags::parse(args, {"text", "minutes", "threads", "seed", "out"}, "demo");
+  Flags f = Flags::parse(args, "demo", {"text", "minutes", "threads", "seed", "out"});
   double minutes = f.num("minutes", 3.0);
   KOTOBA_CHECK(minutes > 0, "demo: --minutes must be positive");
   set_num_threads(int(f.num("threads", 0)));
@@ -241,33 +209,6 @@ int cmd_demo(const std::vector<std::string>& args) {
   return 0;
 }
 
-int usage(std::ostream& out) {
-  out << "kotoba: train, tune, align, quantize and run language models\n\n"
-         "usage: kotoba <command> [flags]   (kotoba <command> --help for its flags)\n\n"
-         "commands:\n"
-         "  demo       train a small byte-level GPT-2 on English text and sample from it\n";
-  return 0;
-}
-
 }  // namespace
 
-int main(int argc, char** argv) {
-  std::vector<std::string> args(argv + 1, argv + argc);
-  if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") return usage(std::cout);
-  std::map<std::string, std::function<int(const std::vector<std::string>&)>> commands = {{"demo", cmd_demo}};
-  auto it = commands.find(args[0]);
-  if (it == commands.end()) {
-    std::cerr << "kotoba: unknown command '" << args[0] << "'\n";
-    usage(std::cerr);
-    return 2;
-  }
-  try {
-    return it->second(std::vector<std::string>(args.begin() + 1, args.end()));
-  } catch (const Error& e) {
-    std::cerr << "kotoba " << args[0] << ": error: " << e.what() << "\n";
-    return 1;
-  } catch (const std::exception& e) {
-    std::cerr << "kotoba " << args[0] << ": error: " << e.what() << "\n";
-    return 1;
-  }
-}
+KOTOBA_COMMAND("demo", "train a small byte-level GPT-2 on English text and sample from it", cmd_demo);
