@@ -35,8 +35,18 @@ struct CachingAllocator {
   AllocatorStats stats;
   DeviceMemoryHooks hooks;
 
+  void (*bring_up)() = nullptr;  // starts the device's backend, which installs the hooks
+
   void* allocate(size_t bytes) {
     size_t size = round_size(bytes);
+    if (bring_up) {
+      void (*start)() = nullptr;
+      {
+        std::lock_guard lock(mutex);
+        if (!hooks.allocate) start = bring_up;
+      }
+      if (start) start();  // outside the lock: the backend installs its hooks through it
+    }
     std::lock_guard lock(mutex);
     auto it = free_blocks.find(size);
     void* p = nullptr;
@@ -101,6 +111,8 @@ void empty_cache(Device device) {
   std::lock_guard lock(a.mutex);
   if (a.hooks.release) a.release_cached_locked();
 }
+
+void set_device_bring_up(Device device, void (*bring_up)()) { allocator_for(device).bring_up = bring_up; }
 
 void set_device_memory_hooks(Device device, DeviceMemoryHooks hooks) {
   auto& a = allocator_for(device);

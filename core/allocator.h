@@ -50,5 +50,8 @@ struct DeviceMemoryHooks {
   void (*release)(void* ptr) = nullptr;
 };
 void set_device_memory_hooks(Device device, DeviceMemoryHooks hooks);
+// Called on the first allocation on a device with no hooks yet, so that allocating a tensor
+// there starts its backend (registered by ops/backend.cpp; core knows no backends).
+void set_device_bring_up(Device device, void (*bring_up)());
 
 }  // namespace kotoba

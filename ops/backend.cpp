@@ -89,6 +89,14 @@ const Backend& backend_for(Device device) {
 
 void register_backend(Device device, const Backend* backend) { g_backends[int(device)] = backend; }
 
+namespace {
+// Allocating a CUDA tensor before any CUDA kernel ran must still start the backend.
+const bool g_cuda_bring_up_registered = [] {
+  set_device_bring_up(Device::cuda, [] { backend_for(Device::cuda); });
+  return true;
+}();
+}  // namespace
+
 std::string_view cpu_isa() {
   backend_for(Device::cpu);
   return g_cpu_isa;

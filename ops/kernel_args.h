@@ -153,7 +153,7 @@ struct CrossEntropyArgs {
 
 // Inverted dropout with a counter-based mask: element i is kept when
 // uniform(seed, offset + i) >= p, and then scaled by 1 / (1 - p). The backward recomputes the
-// mask from the same seed and offset, so no mask is stored.
+// mask from the same seed and offset, so no mask is stored. Both add into out when accumulate.
 struct DropoutArgs {
   const void* x; void* out; int64_t n; float p; uint64_t seed, offset; bool accumulate; DType dtype;
 };

@@ -86,13 +86,8 @@ void dropout_typed(const DropoutArgs& args, bool accumulate) {
   });
 }
 
-void dropout_forward(const DropoutArgs& args) {
-  if (args.dtype == DType::bf16)
-    dropout_typed<bf16>(args, false);
-  else
-    dropout_typed<float>(args, false);
-}
-void dropout_backward(const DropoutArgs& args) {
+// Forward and backward apply the same mask and scale; both honour `accumulate`.
+void dropout_apply(const DropoutArgs& args) {
   if (args.dtype == DType::bf16)
     dropout_typed<bf16>(args, args.accumulate);
   else
@@ -102,8 +97,8 @@ void dropout_backward(const DropoutArgs& args) {
 }  // namespace
 
 void register_dropout_kernels(Backend& b) {
-  b.dropout_forward = dropout_forward;
-  b.dropout_backward = dropout_backward;
+  b.dropout_forward = dropout_apply;
+  b.dropout_backward = dropout_apply;
 }
 
 }  // namespace kotoba::cpu::KOTOBA_ISA_NS
