@@ -17,6 +17,7 @@
 #include "nn/gpt2.h"
 #include "ops/backend.h"
 #include "train/optim.h"
+#include "train/plot.h"
 
 using namespace kotoba;
 using kotoba::cli::Flags;
@@ -113,7 +114,7 @@ int cmd_demo(const std::vector<std::string>& args) {
     std::cout << "kotoba demo [--text FILE] [--minutes M] [--threads N] [--seed S] [--out DIR]\n"
                  "  Trains a small byte-level GPT-2 on English text (default: Debian's fortunes) for M minutes\n"
                  "  (default 3), printing training and validation loss, then samples text from it.\n"
-                 "  Writes DIR/loss.csv (default DIR: ./demo-run).\n";
+                 "  Writes DIR/loss.csv and its plot DIR/loss.png (default DIR: ./demo-run).\n";
     return 0;
   }
   Flags f = Flags::parse(args, "demo", {"text", "minutes", "threads", "seed", "out"});
@@ -160,13 +161,19 @@ int cmd_demo(const std::vector<std::string>& args) {
 
   std::ofstream csv(out_dir / "loss.csv");
   csv << "step,seconds,train_loss,val_loss\n";
+  train::Series train_curve{.name = "train loss (EMA)", .x = {}, .y = {}};
+  train::Series val_curve{.name = "validation loss", .x = {}, .y = {}};
+  auto log_val = [&](int64_t at, double seconds, double v) {
+    csv << at << "," << seconds << ",," << v << "\n";
+    val_curve.x.push_back(double(at)), val_curve.y.push_back(v);
+  };
   using clock = std::chrono::steady_clock;
   auto start = clock::now();
   double budget = minutes * 60.0, elapsed = 0;
   int64_t estimated_steps = 1000000, warmup = 30;
   double val = validation_loss();
   std::printf("step     0  val loss %.3f (untrained; ln 256 = %.3f)\n", val, std::log(256.0));
-  csv << 0 << "," << 0 << ",," << val << "\n";
+  log_val(0, 0, val);
   float loss_avg = 0;
   int64_t step = 0;
   for (step = 1; elapsed < budget; ++step) {
@@ -183,6 +190,7 @@ int cmd_demo(const std::vector<std::string>& args) {
     loss.backward();
     opt.step(train::clip_coefficient(train::global_grad_norm(model.parameters()), 1.0f));
     loss_avg = step == 1 ? l : 0.9f * loss_avg + 0.1f * l;
+    train_curve.x.push_back(double(step)), train_curve.y.push_back(loss_avg);  // the plot takes every step
     elapsed = std::chrono::duration<double>(clock::now() - start).count();
     if (step % 25 == 0) {
       double tps = double(step * B * T) / elapsed;
@@ -194,14 +202,18 @@ int cmd_demo(const std::vector<std::string>& args) {
     if (step % 200 == 0) {
       val = validation_loss();
       std::printf("\rstep %5lld  loss %.3f  val loss %.3f                         \n", (long long)step, loss_avg, val);
-      csv << step << "," << elapsed << ",," << val << "\n";
+      log_val(step, elapsed, val);
     }
   }
   val = validation_loss();
-  csv << step << "," << elapsed << ",," << val << "\n";
+  log_val(step - 1, elapsed, val);  // the loop exits with step one past the last step taken
+  csv.close();
+  train::write_line_plot((out_dir / "loss.png").string(), {train_curve, val_curve}, "kotoba demo: byte-level GPT-2",
+                         "step", "loss (nats/byte)");
   std::printf("\rdone: %lld steps in %.0fs; validation loss %.3f nats/byte vs unigram entropy %.3f\n",
               (long long)(step - 1), elapsed, val, h1);
-  std::printf("loss curve: %s\n\n", (out_dir / "loss.csv").string().c_str());
+  std::printf("loss curve: %s, plotted in %s\n\n", (out_dir / "loss.csv").string().c_str(),
+              (out_dir / "loss.png").string().c_str());
   for (const char* prompt : {"The ", "A man ", "Q: What is "}) {
     std::printf("--- sample (temperature 0.8, top-k 40) ---\n%s\n\n",
                 sample(model, prompt, 240, 0.8f, 40, sample_gen).c_str());
