@@ -104,6 +104,7 @@ struct Options {
   int steps = 10;
   int warmup = 2;
   bool profile = false;
+  Device device = Device::cpu;
 };
 
 int parse_count(const char* flag, const char* value, int min) {
@@ -123,8 +124,14 @@ Options parse_args(int argc, char** argv) {
     if (a == "--steps") o.steps = parse_count("--steps", next, 1), ++i;
     else if (a == "--warmup") o.warmup = parse_count("--warmup", next, 0), ++i;
     else if (a == "--profile") o.profile = true;
+    else if (a == "--device") {
+      KOTOBA_CHECK(next != nullptr && (std::string(next) == "cpu" || std::string(next) == "cuda"),
+                   "--device must be cpu or cuda");
+      o.device = std::string(next) == "cuda" ? Device::cuda : Device::cpu;
+      ++i;
+    }
     else if (a == "-h" || a == "--help") {
-      std::cout << "usage: bench_train_gpt CONFIG.json [--steps N] [--warmup N] [--profile]\n";
+      std::cout << "usage: bench_train_gpt CONFIG.json [--steps N] [--warmup N] [--profile] [--device cpu|cuda]\n";
       std::exit(0);
     } else {
       KOTOBA_CHECK(a.rfind("--", 0) != 0, "unknown flag '", a, "'");
@@ -250,6 +257,7 @@ int run(const Options& opt) {
                                 .n_head = cfg.n_head,
                                 .dropout = 0.0f});
   model.train();
+  model.to(opt.device);
   train::AdamW optim(model.named_parameters(), train::AdamWConfig{.lr = 3e-4f, .weight_decay = 0.1f});
   std::vector<Tensor> params = model.parameters();
 
@@ -264,6 +272,7 @@ int run(const Options& opt) {
   const int64_t B = cfg.batch, T = cfg.block;
   Tensor ids = Tensor::empty({B, T}, DType::i32), targets = Tensor::empty({B, T}, DType::i32);
 
+  KOTOBA_CHECK(!(opt.profile && opt.device != Device::cpu), "--profile times the CPU kernels only");
   if (opt.profile) install_kernel_timers();
 
   std::vector<double> step_s, fwd_s, bwd_s, opt_s;
@@ -276,15 +285,16 @@ int run(const Options& opt) {
 
     auto t0 = Clock::now();
     optim.zero_grad();
-    Tensor loss = model.loss(ids, targets);
+    Tensor loss = opt.device == Device::cpu ? model.loss(ids, targets)
+                                            : model.loss(to_device(ids, opt.device), to_device(targets, opt.device));
     auto t1 = Clock::now();
     loss.backward();
     auto t2 = Clock::now();
     float norm = train::global_grad_norm(params);
     optim.step(train::clip_coefficient(norm, 1.0f));
+    float l = loss.to_vector()[0];  // on a GPU this waits for the step to finish
     auto t3 = Clock::now();
 
-    float l = loss.to_vector()[0];
     KOTOBA_CHECK(std::isfinite(l), "the loss became non-finite at step ", s);
     if (s == 0) first_loss = l;
     last_loss = l;
@@ -317,6 +327,7 @@ int run(const Options& opt) {
       {"impl", "kotoba"},
       {"config", cfg.name},
       {"isa", std::string(cpu_isa())},
+      {"device", std::string(device_name(opt.device))},
       {"threads", cfg.threads},
       {"batch", B},
       {"seq", T},

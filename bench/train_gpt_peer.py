@@ -151,14 +151,21 @@ def main():
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--adamw", choices=("default", "foreach", "fused"), default="default")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model (the GPU comparison)")
+    ap.add_argument("--tf32", action="store_true", help="allow TF32 matmuls on the GPU (as KOTOBA_CUDA_TF32=1)")
     args = ap.parse_args()
+    if args.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     cfg = read_config(args.config)
     torch.set_num_threads(cfg["threads"])
     torch.manual_seed(1337)
     rss_start = peak_rss_mb()
 
     V, T, L, H, C, B = cfg["vocab"], cfg["block"], cfg["n_layer"], cfg["n_head"], cfg["n_embd"], cfg["batch"]
-    model = GPT(V, T, L, H, C).train()
+    model = GPT(V, T, L, H, C).train().to(args.device)
+    run_model = torch.compile(model) if args.compile else model
     params = list(model.parameters())  # the tied weight once
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
@@ -173,15 +180,16 @@ def main():
     for s in range(args.warmup + args.steps):
         ids, targets = tokens(2 * s + 1, B, T, V), tokens(2 * s + 2, B, T, V)
         t0 = time.perf_counter()
+        ids, targets = ids.to(args.device), targets.to(args.device)
         opt.zero_grad(set_to_none=True)
-        loss = model(ids, targets)
+        loss = run_model(ids, targets)
         t1 = time.perf_counter()
         loss.backward()
         t2 = time.perf_counter()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        losses.append(loss.item())  # on a GPU this waits for the step to finish
         t3 = time.perf_counter()
-        losses.append(loss.item())
         if s >= args.warmup:
             step_s.append(t3 - t0)
             fwd_s.append(t1 - t0)
@@ -193,7 +201,8 @@ def main():
     step = statistics.median(step_s)
     tps = B * T / step
     print(json.dumps({
-        "bench": "train_gpt", "impl": "torch", "torch_version": torch.__version__,
+        "bench": "train_gpt", "impl": "torch" + (".compile" if args.compile else ""), "device": args.device,
+        "torch_version": torch.__version__,
         "attention": "sdpa" if HAS_SDPA else "explicit softmax", "adamw": adamw_kind(opt, params),
         "threads": torch.get_num_threads(), "params": n_params, "flops_per_token": flops_per_token,
         "warmup": args.warmup, "steps": args.steps, "step_ms_median": 1e3 * step, "step_ms_min": 1e3 * min(step_s),

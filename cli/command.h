@@ -40,10 +40,14 @@ class Flags {
   double num(const std::string& name, double fallback) const;
   int64_t integer(const std::string& name, int64_t fallback) const;
   const std::vector<std::string>& positional() const { return positional_; }
+  // Every value of a flag given more than once (--special A --special B), in order; the
+  // single-value accessors above see the last one.
+  std::vector<std::string> all(const std::string& name) const;
 
  private:
   std::string command_;
   std::map<std::string, std::string> values_;
+  std::map<std::string, std::vector<std::string>> all_values_;
   std::vector<std::string> positional_;
 };
 

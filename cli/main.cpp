@@ -48,11 +48,17 @@ Flags Flags::parse(const Args& args, const std::string& command, const std::vect
         value = args[++i];
       }
       f.values_[name] = value;
+      f.all_values_[name].push_back(value);
     } else {
       throw Error(detail::concat(command, ": unknown flag '--", name, "' (see kotoba ", command, " --help)"));
     }
   }
   return f;
+}
+
+std::vector<std::string> Flags::all(const std::string& name) const {
+  auto it = all_values_.find(name);
+  return it == all_values_.end() ? std::vector<std::string>{} : it->second;
 }
 
 std::string Flags::str(const std::string& name, const std::string& fallback) const {

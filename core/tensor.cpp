@@ -95,11 +95,27 @@ void for_each_offset(const Shape& shape, const Shape& strides, F&& f) {
   }
 }
 
+DeviceCopyFn g_device_copy = nullptr;
+
+void copy_across(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes, const char* what) {
+  KOTOBA_CHECK(g_device_copy != nullptr, what, ": no backend can copy between ", device_name(src_device), " and ",
+               device_name(dst_device));
+  g_device_copy(dst, dst_device, src, src_device, bytes);
+}
+
 void check_host(const Tensor& t, const char* what) {
   KOTOBA_CHECK(t.device() == Device::cpu, what, ": expected a cpu tensor, got one on ", device_name(t.device()));
 }
 
+Tensor contiguous_on_device_or_throw(const Tensor& t) {
+  KOTOBA_CHECK(t.is_contiguous(), "to_vector: a strided view on ", device_name(t.device()),
+               " must be made contiguous first (ops' contiguous())");
+  return t;
+}
+
 }  // namespace
+
+void set_device_copy(DeviceCopyFn fn) { g_device_copy = fn; }
 
 Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
   for (int64_t d : shape) KOTOBA_CHECK(d >= 0, "Tensor::empty: negative dimension in shape ", shape_str(shape));
@@ -205,6 +221,18 @@ Tensor Tensor::slice_view(int dim, int64_t start, int64_t end) const {
 void Tensor::copy_from(const Tensor& src) {
   KOTOBA_CHECK(shape() == src.shape(), "copy: shape ", shape_str(src.shape()), " does not match destination ",
                shape_str(shape()));
+  if (device() != Device::cpu || src.device() != Device::cpu) {
+    KOTOBA_CHECK(is_contiguous() && src.is_contiguous(), "copy: tensors on ", device_name(src.device()), " and ",
+                 device_name(device()), " must be contiguous");
+    Tensor staged = src;
+    if (src.dtype() != dtype()) {  // convert on the host
+      Tensor host = src.device() == Device::cpu ? src : Tensor::empty(src.shape(), src.dtype());
+      if (src.device() != Device::cpu) copy_across(host.raw(), Device::cpu, src.raw(), src.device(), src.nbytes(), "copy");
+      staged = host.to(dtype());
+    }
+    copy_across(raw(), device(), staged.raw(), staged.device(), nbytes(), "copy");
+    return;
+  }
   check_host(*this, "copy");
   check_host(src, "copy");
   if (dtype() == src.dtype() && is_contiguous() && src.is_contiguous()) {
@@ -243,8 +271,12 @@ Tensor Tensor::detach() const {
 }
 
 void Tensor::fill(float value) {
-  check_host(*this, "fill");
   KOTOBA_CHECK(is_contiguous(), "fill: tensor must be contiguous");
+  if (device() != Device::cpu) {
+    Tensor host = Tensor::full(shape(), value, dtype());
+    copy_across(raw(), device(), host.raw(), Device::cpu, nbytes(), "fill");
+    return;
+  }
   int64_t n = numel();
   void* d = raw();
   if (dtype() == DType::f32) {
@@ -257,7 +289,12 @@ void Tensor::fill(float value) {
 }
 
 std::vector<float> Tensor::to_vector() const {
-  check_host(*this, "to_vector");
+  if (device() != Device::cpu) {
+    Tensor src = contiguous_on_device_or_throw(*this);
+    Tensor host = Tensor::empty(shape(), dtype());
+    copy_across(host.raw(), Device::cpu, src.raw(), device(), nbytes(), "to_vector");
+    return host.to_vector();
+  }
   std::vector<float> out(static_cast<size_t>(numel()));
   const void* s = raw();
   DType t = dtype();

@@ -124,6 +124,11 @@ template <> inline uint8_t* Tensor::data<uint8_t>() const {
   return static_cast<uint8_t*>(raw());
 }
 
+// Byte copies between devices, installed by ops/backend.cpp (core knows no backends), so that
+// fill, copy_from and to_vector also work on device tensors (contiguous ones).
+using DeviceCopyFn = void (*)(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes);
+void set_device_copy(DeviceCopyFn fn);
+
 // Gradient mode: while a NoGradGuard lives, ops record nothing on the tape (inference).
 bool grad_enabled();
 class NoGradGuard {

@@ -2,8 +2,30 @@
 #include "nn/gpt2.h"
 
 #include <cmath>
+#include <cstring>
 
 namespace kotoba::nn {
+
+namespace {
+// Writes src (B, H, T, D), D contiguous, into cache (B, H, max_len, D) at positions
+// [start, start + T): one row copy per (batch, head, position).
+void write_cache_rows(const Tensor& cache, const Tensor& src, int64_t start) {
+  KOTOBA_CHECK(cache.device() == Device::cpu && src.device() == Device::cpu,
+               "GPT2: KV-cache decoding runs on the CPU for now");
+  KOTOBA_CHECK(cache.dtype() == src.dtype(), "GPT2: KV cache is ", dtype_name(cache.dtype()),
+               " but the model computes ", dtype_name(src.dtype()));
+  const int64_t B = src.size(0), H = src.size(1), T = src.size(2), D = src.size(3);
+  const size_t elt = dtype_bytes(src.dtype(), 1), row = elt * size_t(D);
+  const Shape &cs = cache.strides(), &ss = src.strides();
+  char* dst = static_cast<char*>(cache.raw());
+  const char* from = static_cast<const char*>(src.raw());
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t t = 0; t < T; ++t)
+        std::memcpy(dst + elt * size_t(b * cs[0] + h * cs[1] + (start + t) * cs[2]),
+                    from + elt * size_t(b * ss[0] + h * ss[1] + t * ss[2]), row);
+}
+}  // namespace
 
 GPT2Attention::GPT2Attention(const GPT2Config& c, Generator& gen)
     : c_attn(c.n_embd, 3 * c.n_embd, true, c.initializer_range, gen),
@@ -18,6 +40,20 @@ Tensor GPT2Attention::forward(const Tensor& x, Generator& dropout_gen) const {
   Tensor qkv = c_attn.forward(x);                                  // (B, T, 3C)
   Tensor y = attention_packed_qkv(qkv, n_head, /*causal=*/true);   // (B, T, C)
   return kotoba::dropout(c_proj.forward(y), dropout, dropout_gen, training());
+}
+
+Tensor GPT2Attention::forward_cached(const Tensor& x, const Tensor& k_cache, const Tensor& v_cache,
+                                     int64_t start) const {
+  const int64_t B = x.size(0), T = x.size(1), C = x.size(2), H = n_head, D = C / H;
+  // qkv (B, T, 3C) seen as (B, T, 3H, D): q, k and v are (B, H, T, D) strided views of it.
+  Tensor heads = c_attn.forward(x).contiguous().view_as_shape({B, T, 3 * H, D});
+  auto part = [&](int64_t i) { return heads.slice_view(2, i * H, (i + 1) * H).transpose_view(1, 2); };
+  write_cache_rows(k_cache, part(1), start);
+  write_cache_rows(v_cache, part(2), start);
+  // Keys [0, start + T); the kernel aligns the T queries with the last T keys (causal offset).
+  Tensor k = k_cache.slice_view(2, 0, start + T), v = v_cache.slice_view(2, 0, start + T);
+  Tensor y = scaled_dot_product_attention(part(0), k, v, /*causal=*/true);  // (B, H, T, D)
+  return c_proj.forward(y.transpose_view(1, 2).contiguous().view_as_shape({B, T, C}));
 }
 
 GPT2MLP::GPT2MLP(const GPT2Config& c, Generator& gen)
@@ -43,6 +79,11 @@ GPT2Block::GPT2Block(const GPT2Config& c, Generator& gen)
 Tensor GPT2Block::forward(const Tensor& x, Generator& dropout_gen) const {
   Tensor r = add(x, attn.forward(ln_1.forward(x), dropout_gen));
   return add(r, mlp.forward(ln_2.forward(r), dropout_gen));
+}
+
+Tensor GPT2Block::forward_cached(const Tensor& x, const Tensor& k_cache, const Tensor& v_cache, int64_t start) const {
+  Tensor r = add(x, attn.forward_cached(ln_1.forward(x), k_cache, v_cache, start));
+  return add(r, mlp.c_proj.forward(gelu(mlp.c_fc.forward(ln_2.forward(r)))));  // the MLP without dropout
 }
 
 namespace {
@@ -80,6 +121,7 @@ Tensor GPT2::hidden(const Tensor& ids) {
   if (!positions_.defined() || positions_.numel() != T) {
     positions_ = Tensor::empty({T}, DType::i32);
     for (int64_t t = 0; t < T; ++t) positions_.data<int32_t>()[t] = int32_t(t);
+    if (wpe.weight.device() != Device::cpu) positions_ = to_device(positions_, wpe.weight.device());
   }
   Tensor x = add(wte.forward(ids), wpe.forward(positions_));  // (B, T, C) + (T, C)
   x = dropout(x, config_.dropout, dropout_gen_, training());
@@ -93,6 +135,41 @@ Tensor GPT2::loss(const Tensor& ids, const Tensor& targets) {
   KOTOBA_CHECK(targets.shape() == ids.shape(), "GPT2: targets shape ", shape_str(targets.shape()),
                " does not match ids shape ", shape_str(ids.shape()));
   return cross_entropy(logits(ids), targets, -100, /*overwrite_logits=*/true);
+}
+
+GPT2KVCache GPT2::make_kv_cache(int64_t batch, int64_t max_len) const {
+  if (max_len == 0) max_len = config_.n_positions;
+  KOTOBA_CHECK(batch > 0 && max_len > 0 && max_len <= config_.n_positions, "GPT2: a KV cache needs batch > 0 and ",
+               "max_len in [1, n_positions = ", config_.n_positions, "], got batch ", batch, ", max_len ", max_len);
+  const int64_t H = config_.n_head, D = config_.n_embd / H;
+  GPT2KVCache cache;
+  for (int64_t i = 0; i < config_.n_layer; ++i) {
+    cache.k.push_back(Tensor::empty({batch, H, max_len, D}, wte.weight.dtype(), wte.weight.device()));
+    cache.v.push_back(Tensor::empty({batch, H, max_len, D}, wte.weight.dtype(), wte.weight.device()));
+  }
+  return cache;
+}
+
+Tensor GPT2::logits_cached(const Tensor& ids, GPT2KVCache& cache, bool last_only) {
+  NoGradGuard no_grad;
+  KOTOBA_CHECK(ids.ndim() == 2 && ids.dtype() == DType::i32, "GPT2: ids must be (B, T) i32, got ",
+               dtype_name(ids.dtype()), " ", shape_str(ids.shape()));
+  KOTOBA_CHECK(int64_t(cache.k.size()) == config_.n_layer && cache.v.size() == cache.k.size(),
+               "GPT2: the KV cache has ", cache.k.size(), " layers, the model ", config_.n_layer,
+               " (make it with make_kv_cache)");
+  const int64_t B = ids.size(0), T = ids.size(1), start = cache.length;
+  KOTOBA_CHECK(B == cache.batch(), "GPT2: ids hold ", B, " sequences but the KV cache was made for ", cache.batch());
+  KOTOBA_CHECK(T >= 1 && start + T <= cache.max_len() && start + T <= config_.n_positions, "GPT2: ", T,
+               " new positions after ", start, " cached ones exceed the KV cache's max_len ", cache.max_len(),
+               " (n_positions ", config_.n_positions, ")");
+  Tensor positions = Tensor::empty({T}, DType::i32);
+  for (int64_t t = 0; t < T; ++t) positions.data<int32_t>()[t] = int32_t(start + t);
+  Tensor x = add(wte.forward(ids), wpe.forward(positions));  // (B, T, C) + (T, C)
+  for (size_t i = 0; i < h.size(); ++i) x = h[i]->forward_cached(x, cache.k[i], cache.v[i], start);
+  if (last_only) x = x.slice_view(1, T - 1, T).contiguous();
+  Tensor out = linear(ln_f.forward(x), wte.weight);
+  cache.length = start + T;
+  return out;
 }
 
 }  // namespace kotoba::nn

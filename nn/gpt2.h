@@ -22,11 +22,26 @@ struct GPT2Config {
   uint64_t seed = 1337;  // initialisation and dropout
 };
 
+// Keys and values of the positions seen so far, for incremental decoding: per layer, k and v
+// buffers (B, H, max_len, D) allocated once; positions [0, length) are filled.
+struct GPT2KVCache {
+  std::vector<Tensor> k, v;  // one per layer
+  int64_t length = 0;        // positions cached (the next token's position)
+
+  int64_t batch() const { return k.empty() ? 0 : k[0].size(0); }
+  int64_t max_len() const { return k.empty() ? 0 : k[0].size(2); }
+  void clear() { length = 0; }  // forget the sequence, keep the buffers
+};
+
 class GPT2Attention : public Module {
  public:
   GPT2Attention(const GPT2Config& config, Generator& gen);
   // x (B, T, C) -> (B, T, C)
   Tensor forward(const Tensor& x, Generator& dropout_gen) const;
+  // Inference: x (B, T, C) holds positions [start, start + T); their keys and values are
+  // written into k_cache/v_cache (B, H, max_len, D) at those positions, and the queries attend
+  // causally over [0, start + T). No dropout; records nothing.
+  Tensor forward_cached(const Tensor& x, const Tensor& k_cache, const Tensor& v_cache, int64_t start) const;
   Linear c_attn;  // (3C, C): [q | k | v]
   Linear c_proj;  // (C, C), init scaled for the residual stream
   int64_t n_head;
@@ -46,6 +61,7 @@ class GPT2Block : public Module {
  public:
   GPT2Block(const GPT2Config& config, Generator& gen);
   Tensor forward(const Tensor& x, Generator& dropout_gen) const;
+  Tensor forward_cached(const Tensor& x, const Tensor& k_cache, const Tensor& v_cache, int64_t start) const;
   LayerNorm ln_1;
   GPT2Attention attn;
   LayerNorm ln_2;
@@ -65,6 +81,16 @@ class GPT2 : public Module {
   // ids, targets (B, T) i32 -> mean next-token cross-entropy over targets != -100.
   // The logits buffer is reused for their gradient: no (B, T, V) gradient is allocated.
   Tensor loss(const Tensor& ids, const Tensor& targets);
+
+  // Incremental decoding (inference only: runs under its own NoGradGuard, no dropout).
+  // A cache for `batch` sequences of up to max_len positions (0: n_positions), on the
+  // parameters' device and dtype.
+  GPT2KVCache make_kv_cache(int64_t batch, int64_t max_len = 0) const;
+  // ids (B, T_new) i32 are positions [cache.length, cache.length + T_new): returns their logits
+  // (B, T_new, V) — or (B, 1, V) for the last one only when last_only — appends their keys and
+  // values to the cache and advances cache.length. Prefill with the prompt, then one token per
+  // call; the logits equal logits() of the whole sequence.
+  Tensor logits_cached(const Tensor& ids, GPT2KVCache& cache, bool last_only = false);
 
   const GPT2Config& config() const { return config_; }
   Generator& dropout_generator() { return dropout_gen_; }

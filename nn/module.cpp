@@ -1,6 +1,8 @@
 // Module parameter tree and initialisation helpers.
 #include "nn/module.h"
 
+#include "ops/ops.h"
+
 namespace kotoba::nn {
 
 std::vector<std::pair<std::string, Tensor>> Module::named_parameters() const {
@@ -33,6 +35,21 @@ void Module::train(bool on) {
 
 void Module::zero_grad() {
   for (auto& [name, t] : named_parameters()) t.zero_grad();
+}
+
+void Module::to(Device device) {
+  for (auto& [name, t] : named_parameters()) {
+    if (t.device() == device) continue;
+    Tensor moved = to_device(t, device);
+    TensorImpl& impl = t.impl();
+    impl.storage = moved.impl().storage;
+    impl.offset = 0;
+    impl.strides = moved.strides();
+    if (impl.autograd) {
+      impl.autograd->grad.reset();
+      impl.autograd->grad_valid = false;
+    }
+  }
 }
 
 void Module::set_requires_grad(bool value) {

@@ -29,6 +29,9 @@ class Module {
   bool training() const { return training_; }
 
   void zero_grad();
+  // Moves every parameter to `device` in place: the tensors keep their identity (handles held
+  // elsewhere see the move), their gradients are dropped.
+  void to(Device device);
   // Freezes (or unfreezes) every parameter below this module.
   void set_requires_grad(bool value);
 

@@ -58,7 +58,7 @@ void backward(const Tensor& root, const Tensor& seed) {
   if (!seed_grad.defined()) {
     KOTOBA_CHECK(root.numel() == 1, "backward: expected a scalar to start from, got shape ", shape_str(root.shape()),
                  "; pass an explicit seed gradient");
-    seed_grad = Tensor::full(root.shape(), 1.0f, root.dtype(), Device::cpu);
+    seed_grad = Tensor::full(root.shape(), 1.0f, root.dtype(), root.device());
   }
   KOTOBA_CHECK(seed_grad.shape() == root.shape(), "backward: seed gradient shape ", shape_str(seed_grad.shape()),
                " does not match ", shape_str(root.shape()));

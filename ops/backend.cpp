@@ -93,6 +93,19 @@ namespace {
 // Allocating a CUDA tensor before any CUDA kernel ran must still start the backend.
 const bool g_cuda_bring_up_registered = [] {
   set_device_bring_up(Device::cuda, [] { backend_for(Device::cuda); });
+  set_device_copy([](void* dst, Device dst_device, const void* src, Device src_device, size_t bytes) {
+    if (dst_device == Device::cpu && src_device == Device::cpu) {
+      std::memcpy(dst, src, bytes);
+    } else if (dst_device == Device::cpu) {
+      backend_for(src_device).copy_to_host(dst, src, bytes);
+    } else if (src_device == Device::cpu) {
+      backend_for(dst_device).copy_from_host(dst, src, bytes);
+    } else {
+      const Backend& b = backend_for(dst_device);
+      KOTOBA_CHECK(b.copy_on_device != nullptr, "the ", b.name, " backend cannot copy on the device");
+      b.copy_on_device(dst, src, bytes);
+    }
+  });
   return true;
 }();
 }  // namespace

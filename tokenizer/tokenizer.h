@@ -21,7 +21,11 @@ struct TrainOptions {
 
 class Tokenizer {
  public:
-  // Trains on the given files (plain text, or JSONL with a "text" field when the name ends in .jsonl).
+  // Trains on the given files (plain text, or JSONL with a "text" field when the name ends in .jsonl),
+  // read line by line as HF's trainer does; special tokens in the text are skipped, never merged.
+  // Ids: the special tokens, the 256 bytes (ordered by their GPT-2 characters), then one per merge.
+  // The most frequent pair merges next; ties go to the smaller (left id, right id) pair, which is
+  // HF BpeTrainer's rule, so the result does not depend on the thread count.
   static Tokenizer train(const std::vector<std::string>& files, const TrainOptions& options);
   // Reads an HF tokenizer.json (byte-level BPE model); errors name the file and field.
   static Tokenizer load(const std::string& path);
@@ -31,7 +35,9 @@ class Tokenizer {
   std::vector<int32_t> encode(std::string_view text) const;  // special tokens in text are matched
   // Encodes many documents using all cores (each document independently).
   std::vector<std::vector<int32_t>> encode_batch(const std::vector<std::string_view>& texts, int threads = 0) const;
-  std::string decode(std::span<const int32_t> ids) const;    // throws on an id >= vocab_size()
+  // The raw bytes of the tokens, concatenated (a slice of a sequence may end inside a UTF-8
+  // character; whole encodings decode to their exact text). Throws on an id >= vocab_size().
+  std::string decode(std::span<const int32_t> ids) const;
 
   int32_t vocab_size() const;
   std::optional<int32_t> token_to_id(std::string_view token) const;  // by the token's stored string

@@ -1,0 +1,117 @@
+// `kotoba pretrain`: GPT-2 pretraining on the token shards of `kotoba prepare`. Every flag is a
+// field of train::PretrainConfig (and a key of the --config JSON file); the loop is train/trainer.
+#include <cmath>
+#include <cstdio>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "cli/command.h"
+#include "core/parallel.h"
+#include "core/progress.h"
+#include "train/trainer.h"
+
+using namespace kotoba;
+using kotoba::cli::Flags;
+
+namespace {
+
+std::string flag_name(const char* field) {
+  std::string name = field;
+  for (char& ch : name)
+    if (ch == '_') ch = '-';
+  return name;
+}
+
+void apply_flags(train::PretrainConfig& config, const Flags& flags) {
+  for (const auto& field : train::pretrain_config_fields()) {
+    std::string name = flag_name(field.name);
+    if (!flags.has(name)) continue;
+    std::visit(
+        [&](auto member) {
+          using T = std::remove_reference_t<decltype(config.*member)>;
+          if constexpr (std::is_same_v<T, int64_t>)
+            config.*member = flags.integer(name, 0);
+          else if constexpr (std::is_same_v<T, double>)
+            config.*member = flags.num(name, 0);
+          else
+            config.*member = flags.str(name);
+        },
+        field.member);
+  }
+}
+
+int usage() {
+  std::cout << "kotoba pretrain --data DIR --tokenizer tokenizer.json --out DIR [--config cfg.json] [flags] [--resume]\n"
+               "                [--json] [--quiet]\n"
+               "  Pretrains a GPT-2 on the token shards written by `kotoba prepare` (DIR/meta.json). Writes\n"
+               "  OUT/loss.csv and OUT/loss.png, a checkpoint in OUT/checkpoint every --checkpoint-every steps\n"
+               "  (--resume continues it exactly), and the final model directory OUT/model (HF GPT-2 layout).\n"
+               "  --config reads a JSON object of the same fields (keys with underscores); flags override it.\n"
+               "  With --resume the checkpoint's settings are the defaults.\n"
+               "  --json prints the final metrics as one JSON line, last on stdout.\n\nfields:\n";
+  train::PretrainConfig defaults;
+  nlohmann::json d = train::pretrain_config_to_json(defaults);
+  for (const auto& field : train::pretrain_config_fields()) {
+    std::string flag = "--" + flag_name(field.name);
+    std::string value = d[field.name].is_string() ? d[field.name].get<std::string>() : d[field.name].dump();
+    std::printf("  %-20s %s (default %s)\n", flag.c_str(), field.help, value.empty() ? "none" : value.c_str());
+  }
+  return 0;
+}
+
+nlohmann::json number_or_null(double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr); }
+
+int cmd_pretrain(const cli::Args& args) {
+  if (cli::wants_help(args)) return usage();
+  std::vector<std::string> valued = {"config"};
+  for (const auto& field : train::pretrain_config_fields()) valued.push_back(flag_name(field.name));
+  Flags flags = Flags::parse(args, "pretrain", valued, {"resume", "json", "quiet"});
+  const bool json_out = flags.has("json"), resume = flags.has("resume");
+
+  // Defaults, then (resuming) the checkpoint's settings, then the config file, then the flags.
+  train::PretrainConfig config;
+  if (flags.has("config")) apply_pretrain_config_file(config, flags.str("config"));
+  apply_flags(config, flags);
+  if (resume) {
+    config = train::Pretrainer::read_checkpoint_config(config.out);
+    if (flags.has("config")) apply_pretrain_config_file(config, flags.str("config"));
+    apply_flags(config, flags);
+  }
+  set_num_threads(int(config.threads));
+  if (flags.has("quiet")) set_progress_quiet(true);
+
+  std::ostream& log_stream = json_out ? std::cerr : std::cout;
+  train::PretrainerOptions options{.progress = !flags.has("quiet"),
+                                   .log = [&](const std::string& line) { log_stream << line << std::endl; }};
+  train::Pretrainer trainer(config, options);
+  if (resume) trainer.resume();
+  const auto& mc = trainer.model().config();
+  log_stream << "model: GPT-2, " << mc.n_layer << " layers x " << mc.n_embd << " wide, " << mc.n_head << " heads, "
+             << "context " << mc.n_positions << ", vocabulary " << mc.vocab_size << ", "
+             << double(trainer.model().parameter_count()) / 1e6 << "M parameters; batch " << config.batch << " x "
+             << config.seq << " x " << config.grad_accum << " accumulated; " << num_threads() << " threads"
+             << std::endl;
+  train::PretrainResult result = trainer.run();
+  log_stream << "done: step " << result.step << ", train loss " << result.train_loss << ", val loss "
+             << result.val_loss << " (perplexity " << result.val_perplexity << "), " << result.tokens
+             << " tokens; model in " << result.model_dir << std::endl;
+  if (json_out) {
+    nlohmann::json j{{"step", result.step},
+                     {"finished", result.finished},
+                     {"train_loss", number_or_null(result.train_loss)},
+                     {"val_loss", number_or_null(result.val_loss)},
+                     {"val_perplexity", number_or_null(result.val_perplexity)},
+                     {"tokens", result.tokens},
+                     {"model_dir", result.model_dir},
+                     {"out", config.out}};
+    std::cout << j.dump() << std::endl;
+  }
+  return 0;
+}
+
+}  // namespace
+
+KOTOBA_COMMAND("pretrain", "pretrain a GPT-2 on token shards from `kotoba prepare`", cmd_pretrain);

@@ -1,0 +1,133 @@
+// Plain-text and JSONL corpus readers. Files are read whole: `prepare` needs every document
+// before it can choose the validation split, and a whole read is the fastest way to get them.
+#include "data/text_corpus.h"
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+
+namespace kotoba::data {
+
+namespace {
+
+std::string read_file(const std::string& path) {
+  KOTOBA_CHECK(std::filesystem::is_regular_file(path), "input '", path, "' does not exist or is not a file");
+  std::ifstream in(path, std::ios::binary);
+  KOTOBA_CHECK(in, "cannot open input '", path, "'");
+  in.seekg(0, std::ios::end);
+  std::string bytes(size_t(in.tellg()), '\0');
+  in.seekg(0);
+  in.read(bytes.data(), std::streamsize(bytes.size()));
+  KOTOBA_CHECK(in || bytes.empty(), "cannot read input '", path, "'");
+  return bytes;
+}
+
+bool is_blank(std::string_view s) { return s.find_first_not_of(" \t\r\n\f\v") == std::string_view::npos; }
+
+const char* json_type(const nlohmann::json& j) { return j.type_name(); }
+
+}  // namespace
+
+bool is_jsonl_path(const std::string& path) {
+  return path.size() >= 6 && path.compare(path.size() - 6, 6, ".jsonl") == 0;
+}
+
+size_t find_invalid_utf8(std::string_view text) {
+  const auto* s = reinterpret_cast<const unsigned char*>(text.data());
+  const size_t n = text.size();
+  size_t i = 0;
+  while (i < n) {
+    unsigned char c = s[i];
+    if (c < 0x80) {
+      ++i;
+      continue;
+    }
+    size_t len;
+    uint32_t cp;
+    if (c >= 0xC2 && c <= 0xDF) len = 2, cp = c & 0x1F;
+    else if (c >= 0xE0 && c <= 0xEF) len = 3, cp = c & 0x0F;
+    else if (c >= 0xF0 && c <= 0xF4) len = 4, cp = c & 0x07;
+    else return i;  // a continuation byte, an overlong 2-byte lead (C0/C1), or F5..FF
+    if (i + len > n) return i;
+    for (size_t k = 1; k < len; ++k) {
+      if ((s[i + k] & 0xC0) != 0x80) return i;
+      cp = cp << 6 | (s[i + k] & 0x3F);
+    }
+    if ((len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+      return i;
+    i += len;
+  }
+  return std::string_view::npos;
+}
+
+void check_utf8(std::string_view text, const std::string& where, uint64_t base_offset) {
+  size_t bad = find_invalid_utf8(text);
+  KOTOBA_CHECK(bad == std::string_view::npos, where, ": invalid UTF-8 at byte offset ", base_offset + bad,
+               " (byte 0x", std::hex, int((unsigned char)text[bad]), std::dec, ")");
+}
+
+std::vector<Document> read_documents(const std::string& path, const CorpusOptions& options, int32_t file_index) {
+  std::string bytes = read_file(path);
+  check_utf8(bytes, "input '" + path + "'");
+  std::vector<Document> docs;
+  const bool jsonl = is_jsonl_path(path);
+  if (!jsonl && !options.split_lines) {
+    if (!is_blank(bytes)) docs.push_back(Document{std::move(bytes), file_index, 0});
+    return docs;
+  }
+  size_t pos = 0;
+  int64_t line_no = 0;
+  while (pos < bytes.size()) {
+    size_t end = bytes.find('\n', pos);
+    if (end == std::string::npos) end = bytes.size();
+    std::string_view line(bytes.data() + pos, end - pos);
+    pos = end + 1;
+    ++line_no;
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    if (is_blank(line)) continue;
+    if (!jsonl) {
+      docs.push_back(Document{std::string(line), file_index, line_no});
+      continue;
+    }
+    const std::string where = path + ":" + std::to_string(line_no);
+    nlohmann::json record;
+    try {
+      record = nlohmann::json::parse(line);
+    } catch (const nlohmann::json::parse_error& e) {
+      throw Error(detail::concat(where, ": malformed JSON (", e.what(), "); each line must be an object with a \"",
+                                 options.text_field, "\" string"));
+    }
+    KOTOBA_CHECK(record.is_object(), where, ": expected a JSON object with a \"", options.text_field,
+                 "\" string, got ", json_type(record));
+    auto field = record.find(options.text_field);
+    KOTOBA_CHECK(field != record.end(), where, ": missing field \"", options.text_field, "\"");
+    KOTOBA_CHECK(field->is_string(), where, ": field \"", options.text_field, "\" must be a string, got ",
+                 json_type(*field));
+    std::string text = field->get<std::string>();
+    if (!text.empty()) docs.push_back(Document{std::move(text), file_index, line_no});
+  }
+  return docs;
+}
+
+Corpus read_corpus(const std::vector<std::string>& paths, const CorpusOptions& options) {
+  KOTOBA_CHECK(!paths.empty(), "no input files given");
+  Corpus corpus;
+  corpus.files = paths;
+  for (size_t i = 0; i < paths.size(); ++i) {
+    auto docs = read_documents(paths[i], options, int32_t(i));
+    for (auto& d : docs) {
+      corpus.text_bytes += int64_t(d.text.size());
+      corpus.documents.push_back(std::move(d));
+    }
+  }
+  if (corpus.documents.empty()) {
+    std::string names;
+    for (auto& p : paths) names += (names.empty() ? "'" : ", '") + p + "'";
+    throw Error("the corpus is empty: no non-empty documents in " + names);
+  }
+  return corpus;
+}
+
+}  // namespace kotoba::data

@@ -1,0 +1,553 @@
+// The pretraining loop. Determinism: the data windows are a pure function of (seed, windows
+// drawn), dropout is counter-based (seed, offset), and the reductions add per-chunk partials in
+// a fixed order; so the checkpoint's few counters are the whole state a resumed run needs.
+#include "train/trainer.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include <unistd.h>
+
+#include "core/progress.h"
+#include "io/model_dir.h"
+#include "io/safetensors.h"
+#include "train/plot.h"
+
+namespace kotoba::train {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+// ---- config ----
+
+std::span<const PretrainConfigField> pretrain_config_fields() {
+  using C = PretrainConfig;
+  static const PretrainConfigField fields[] = {
+      {"n_layer", &C::n_layer, "transformer blocks", true},
+      {"n_head", &C::n_head, "attention heads per block", true},
+      {"n_embd", &C::n_embd, "model width", true},
+      {"n_positions", &C::n_positions, "longest sequence the model accepts (0: = seq)", true},
+      {"dropout", &C::dropout, "dropout on embeddings and residual branches", true},
+      {"seq", &C::seq, "tokens per training window", true},
+      {"batch", &C::batch, "windows per micro-batch", true},
+      {"grad_accum", &C::grad_accum, "micro-batches per optimizer step", true},
+      {"steps", &C::steps, "optimizer steps in the whole run", false},
+      {"lr", &C::lr, "peak learning rate", true},
+      {"min_lr", &C::min_lr, "learning rate at the last step (cosine decay)", true},
+      {"warmup", &C::warmup, "linear warm-up steps", true},
+      {"weight_decay", &C::weight_decay, "AdamW decoupled weight decay (matrices only)", true},
+      {"beta1", &C::beta1, "AdamW beta1", true},
+      {"beta2", &C::beta2, "AdamW beta2", true},
+      {"eps", &C::eps, "AdamW epsilon", true},
+      {"clip", &C::clip, "global gradient-norm clipping (0: off)", true},
+      {"eval_every", &C::eval_every, "steps between validation passes (0: only at the end)", false},
+      {"eval_batches", &C::eval_batches, "validation batches per pass", false},
+      {"checkpoint_every", &C::checkpoint_every, "steps between checkpoints (0: none)", false},
+      {"log_every", &C::log_every, "steps between loss.csv rows", false},
+      {"seed", &C::seed, "seed of initialisation, dropout and data sampling", true},
+      {"threads", &C::threads, "CPU threads (0: all cores)", false},
+      {"data", &C::data, "directory written by kotoba prepare", false},
+      {"tokenizer", &C::tokenizer, "tokenizer.json the shards were made with", false},
+      {"out", &C::out, "output directory", false},
+  };
+  return fields;
+}
+
+json pretrain_config_to_json(const PretrainConfig& config) {
+  json j = json::object();
+  for (const auto& f : pretrain_config_fields())
+    std::visit([&](auto member) { j[f.name] = config.*member; }, f.member);
+  return j;
+}
+
+void apply_pretrain_config_json(PretrainConfig& config, const json& j, const std::string& source) {
+  KOTOBA_CHECK(j.is_object(), source, ": expected a JSON object of config keys");
+  auto fields = pretrain_config_fields();
+  for (auto& [key, value] : j.items()) {
+    auto it = std::find_if(fields.begin(), fields.end(), [&](const auto& f) { return key == f.name; });
+    if (it == fields.end()) {
+      std::string known;
+      for (const auto& f : fields) known += (known.empty() ? "" : ", ") + std::string(f.name);
+      throw Error(detail::concat(source, ": unknown key '", key, "' (known keys: ", known, ")"));
+    }
+    std::visit(
+        [&](auto member) {
+          using T = std::remove_reference_t<decltype(config.*member)>;
+          if constexpr (std::is_same_v<T, int64_t>) {
+            bool integral = value.is_number_integer() || value.is_number_unsigned() ||
+                            (value.is_number_float() && value.template get<double>() == std::floor(value.template get<double>()) &&
+                             std::abs(value.template get<double>()) < 9e15);
+            KOTOBA_CHECK(integral, source, ": key '", key, "' must be an integer, got ", value.dump());
+            config.*member = value.is_number_float() ? int64_t(value.template get<double>()) : value.template get<int64_t>();
+          } else if constexpr (std::is_same_v<T, double>) {
+            KOTOBA_CHECK(value.is_number(), source, ": key '", key, "' must be a number, got ", value.dump());
+            config.*member = value.template get<double>();
+          } else {
+            KOTOBA_CHECK(value.is_string(), source, ": key '", key, "' must be a string, got ", value.dump());
+            config.*member = value.template get<std::string>();
+          }
+        },
+        it->member);
+  }
+}
+
+void apply_pretrain_config_file(PretrainConfig& config, const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  KOTOBA_CHECK(in, path, ": cannot open the config file");
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  json j;
+  try {
+    j = json::parse(buffer.str());
+  } catch (const json::parse_error& e) {
+    throw Error(detail::concat(path, ": invalid JSON: ", e.what()));
+  }
+  apply_pretrain_config_json(config, j, path);
+}
+
+void validate_pretrain_config(const PretrainConfig& c) {
+  auto positive = [](int64_t v, const char* name) {
+    KOTOBA_CHECK(v > 0, "pretrain config: '", name, "' must be positive, got ", v);
+  };
+  auto non_negative = [](double v, const char* name) {
+    KOTOBA_CHECK(v >= 0, "pretrain config: '", name, "' must not be negative, got ", v);
+  };
+  positive(c.n_layer, "n_layer");
+  positive(c.n_head, "n_head");
+  positive(c.n_embd, "n_embd");
+  positive(c.seq, "seq");
+  positive(c.batch, "batch");
+  positive(c.grad_accum, "grad_accum");
+  positive(c.steps, "steps");
+  positive(c.eval_batches, "eval_batches");
+  positive(c.log_every, "log_every");
+  KOTOBA_CHECK(c.n_embd % c.n_head == 0, "pretrain config: 'n_embd' (", c.n_embd, ") must be divisible by 'n_head' (",
+               c.n_head, ")");
+  KOTOBA_CHECK(c.n_positions == 0 || c.n_positions >= c.seq, "pretrain config: 'n_positions' (", c.n_positions,
+               ") must be 0 or at least 'seq' (", c.seq, ")");
+  KOTOBA_CHECK(c.dropout >= 0 && c.dropout < 1, "pretrain config: 'dropout' must be in [0, 1), got ", c.dropout);
+  KOTOBA_CHECK(c.lr > 0, "pretrain config: 'lr' must be positive, got ", c.lr);
+  KOTOBA_CHECK(c.min_lr >= 0 && c.min_lr <= c.lr, "pretrain config: 'min_lr' (", c.min_lr, ") must be in [0, lr = ",
+               c.lr, "]");
+  KOTOBA_CHECK(c.beta1 >= 0 && c.beta1 < 1, "pretrain config: 'beta1' must be in [0, 1), got ", c.beta1);
+  KOTOBA_CHECK(c.beta2 >= 0 && c.beta2 < 1, "pretrain config: 'beta2' must be in [0, 1), got ", c.beta2);
+  KOTOBA_CHECK(c.eps > 0, "pretrain config: 'eps' must be positive, got ", c.eps);
+  non_negative(double(c.n_positions), "n_positions");
+  non_negative(double(c.warmup), "warmup");
+  non_negative(c.weight_decay, "weight_decay");
+  non_negative(c.clip, "clip");
+  non_negative(double(c.eval_every), "eval_every");
+  non_negative(double(c.checkpoint_every), "checkpoint_every");
+  non_negative(double(c.seed), "seed");
+  non_negative(double(c.threads), "threads");
+  KOTOBA_CHECK(!c.data.empty(), "pretrain config: 'data' (the directory from kotoba prepare) is required");
+  KOTOBA_CHECK(!c.tokenizer.empty(), "pretrain config: 'tokenizer' (tokenizer.json) is required");
+  KOTOBA_CHECK(!c.out.empty(), "pretrain config: 'out' must not be empty");
+}
+
+double learning_rate_at(const PretrainConfig& c, int64_t step) {
+  if (c.warmup > 0 && step <= c.warmup) return c.lr * double(step) / double(c.warmup);
+  double span = double(std::max<int64_t>(1, c.steps - c.warmup));
+  double progress = std::clamp(double(step - c.warmup) / span, 0.0, 1.0);
+  return c.min_lr + 0.5 * (c.lr - c.min_lr) * (1.0 + std::cos(M_PI * progress));
+}
+
+// ---- files ----
+
+namespace {
+
+constexpr const char* kStateFormat = "kotoba-pretrain-checkpoint";
+constexpr int kStateVersion = 1;
+
+json read_json(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  KOTOBA_CHECK(in, path, ": cannot open");
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  try {
+    return json::parse(buffer.str());
+  } catch (const json::parse_error& e) {
+    throw Error(detail::concat(path, ": invalid JSON (truncated or corrupt): ", e.what()));
+  }
+}
+
+void write_file_synced(const std::string& path, const std::string& text) {
+  FILE* f = std::fopen(path.c_str(), "wb");
+  KOTOBA_CHECK(f, path, ": cannot create");
+  bool ok = std::fwrite(text.data(), 1, text.size(), f) == text.size() && std::fflush(f) == 0 && ::fsync(fileno(f)) == 0;
+  std::fclose(f);
+  KOTOBA_CHECK(ok, path, ": write failed");
+}
+
+template <typename T>
+T state_field(const json& state, const char* key, const std::string& file) {
+  auto it = state.find(key);
+  KOTOBA_CHECK(it != state.end(), file, ": key '", key, "' is missing");
+  try {
+    return it->get<T>();
+  } catch (const json::exception&) {
+    throw Error(detail::concat(file, ": key '", key, "' has the wrong type (", it->dump(), ")"));
+  }
+}
+
+std::string csv_number(double v) {
+  if (!std::isfinite(v)) return "";
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.8g", v);
+  return buf;
+}
+
+std::string csv_line(const LossRow& r) {
+  return std::to_string(r.step) + "," + csv_number(r.lr) + "," + csv_number(r.train_loss) + "," +
+         csv_number(r.val_loss) + "," + csv_number(r.tokens_per_second) + "\n";
+}
+
+constexpr const char* kCsvHeader = "step,lr,train_loss,val_loss,tokens_per_second\n";
+
+std::vector<LossRow> read_loss_csv(const std::string& path, int64_t up_to_step) {
+  std::vector<LossRow> rows;
+  std::ifstream in(path);
+  if (!in) return rows;
+  std::string line;
+  std::getline(in, line);  // header
+  while (std::getline(in, line)) {
+    std::vector<std::string> cells;
+    std::stringstream ss(line);
+    std::string cell;
+    while (std::getline(ss, cell, ',')) cells.push_back(cell);
+    if (line.size() && line.back() == ',') cells.push_back("");
+    if (cells.size() != 5) continue;  // a row cut short by a kill
+    auto num = [](const std::string& s) { return s.empty() ? std::nan("") : std::strtod(s.c_str(), nullptr); };
+    LossRow r{std::strtoll(cells[0].c_str(), nullptr, 10), num(cells[1]), num(cells[2]), num(cells[3]), num(cells[4])};
+    if (r.step <= up_to_step) rows.push_back(r);
+  }
+  return rows;
+}
+
+}  // namespace
+
+std::string Pretrainer::checkpoint_dir(const std::string& out_dir) { return (fs::path(out_dir) / "checkpoint").string(); }
+
+PretrainConfig Pretrainer::read_checkpoint_config(const std::string& out_dir) {
+  std::string dir = checkpoint_dir(out_dir);
+  if (!fs::exists(dir) && fs::exists(dir + ".old")) dir += ".old";
+  std::string path = (fs::path(dir) / "trainer_state.json").string();
+  KOTOBA_CHECK(fs::is_regular_file(path), "resume: no checkpoint in '", out_dir, "' (", path, " is missing)");
+  json state = read_json(path);
+  auto it = state.find("config");
+  KOTOBA_CHECK(it != state.end() && it->is_object(), path, ": key 'config' is missing");
+  PretrainConfig config;
+  apply_pretrain_config_json(config, *it, path + " (config)");
+  return config;
+}
+
+// ---- the trainer ----
+
+Pretrainer::Pretrainer(PretrainConfig config, PretrainerOptions options)
+    : config_(std::move(config)), options_(std::move(options)) {
+  validate_pretrain_config(config_);
+  // Absolute, so that the checkpoint's copy of the config resumes from any working directory.
+  config_.data = fs::absolute(config_.data).lexically_normal().string();
+  config_.tokenizer = fs::absolute(config_.tokenizer).lexically_normal().string();
+  data::TokenDataset train_data = data::TokenDataset::open(config_.data, "train");
+  tokenizer_vocab_ = tokenizer_json_vocab_size(config_.tokenizer);
+  train_data.check_tokenizer_vocab(tokenizer_vocab_);
+  if (!train_data.index().tokenizer_hash.empty() &&
+      data::tokenizer_file_hash(config_.tokenizer) != train_data.index().tokenizer_hash && options_.log)
+    options_.log("warning: " + config_.tokenizer + " is not byte-identical to the tokenizer.json '" + config_.data +
+                 "' was prepared with (same vocabulary size, " + std::to_string(tokenizer_vocab_) + " tokens)");
+  nn::GPT2Config model_config{.vocab_size = tokenizer_vocab_,
+                              .n_positions = config_.n_positions > 0 ? config_.n_positions : config_.seq,
+                              .n_embd = config_.n_embd,
+                              .n_layer = config_.n_layer,
+                              .n_head = config_.n_head,
+                              .dropout = float(config_.dropout),
+                              .seed = uint64_t(config_.seed)};
+  model_ = std::make_unique<nn::GPT2>(model_config);
+  model_->train();
+  optimizer_ = std::make_unique<AdamW>(model_->named_parameters(),
+                                       AdamWConfig{.lr = float(config_.lr), .beta1 = float(config_.beta1),
+                                                   .beta2 = float(config_.beta2), .eps = float(config_.eps),
+                                                   .weight_decay = float(config_.weight_decay)});
+  // The sampler's seed differs from the model's so windows and initialisation are independent.
+  train_sampler_ = std::make_unique<data::WindowSampler>(train_data, config_.batch, config_.seq,
+                                                         mix64(uint64_t(config_.seed) ^ 0xda7a5a3b1e5ull));
+  const int64_t val_tokens = train_data.index().val.tokens;
+  if (val_tokens > config_.seq) {
+    val_data_ = data::TokenDataset::open(config_.data, "val");
+  } else if (options_.log) {
+    options_.log("note: the val split of '" + config_.data + "' has " + std::to_string(val_tokens) +
+                 " tokens (fewer than seq + 1 = " + std::to_string(config_.seq + 1) + "); no validation loss");
+  }
+}
+
+Pretrainer::~Pretrainer() = default;
+
+double Pretrainer::validation_loss() {
+  if (!val_data_) return std::nan("");
+  NoGradGuard no_grad;
+  model_->eval();
+  data::WindowSampler sampler(*val_data_, config_.batch, config_.seq, mix64(uint64_t(config_.seed) ^ 0x7a1da7e5ull));
+  Tensor x = Tensor::empty({config_.batch, config_.seq}, DType::i32), y = Tensor::empty({config_.batch, config_.seq}, DType::i32);
+  double total = 0;
+  for (int64_t i = 0; i < config_.eval_batches; ++i) {
+    sampler.next(x, y);
+    total += model_->loss(x, y).to_vector()[0];
+  }
+  model_->train();
+  return total / double(config_.eval_batches);
+}
+
+void Pretrainer::save_checkpoint() {
+  fs::path out(config_.out);
+  fs::create_directories(out);
+  std::string target = checkpoint_dir(config_.out);
+  std::string tmp = (out / (".checkpoint.tmp-" + std::to_string(::getpid()))).string();
+  std::error_code ec;
+  fs::remove_all(tmp, ec);
+  fs::create_directories(tmp);
+  try {
+    std::map<std::string, Tensor> weights, moments;
+    for (auto& [name, p] : model_->named_parameters()) weights[name] = p.detach();
+    for (auto& slot : optimizer_->slots()) {
+      moments["exp_avg." + slot.name] = slot.m;
+      moments["exp_avg_sq." + slot.name] = slot.v;
+    }
+    save_safetensors((fs::path(tmp) / "model.safetensors").string(), weights, {{"format", "pt"}});
+    save_safetensors((fs::path(tmp) / "optimizer.safetensors").string(), moments);
+    Generator& dropout = model_->dropout_generator();
+    json state{{"format", kStateFormat},
+               {"version", kStateVersion},
+               {"step", step_},
+               {"tokens", tokens_},
+               {"adamw_step", optimizer_->step_count()},
+               {"dropout_generator", {{"seed", dropout.seed()}, {"offset", dropout.offset()}}},
+               {"train_sampler_state", train_sampler_->state()},
+               {"train_loss", std::isfinite(last_train_loss_) ? json(last_train_loss_) : json(nullptr)},
+               {"val_loss", std::isfinite(last_val_loss_) ? json(last_val_loss_) : json(nullptr)},
+               {"config", pretrain_config_to_json(config_)}};
+    // Written last: a directory with trainer_state.json in it is complete.
+    write_file_synced((fs::path(tmp) / "trainer_state.json").string(), state.dump(2) + "\n");
+    replace_directory(tmp, target);
+  } catch (...) {
+    fs::remove_all(tmp, ec);
+    throw;
+  }
+  last_checkpoint_step_ = step_;
+}
+
+void Pretrainer::resume() {
+  std::string dir = checkpoint_dir(config_.out);
+  // Only the non-atomic fallback of replace_directory can leave the previous checkpoint aside.
+  if (!fs::exists(dir) && fs::exists(dir + ".old")) dir += ".old";
+  std::string state_path = (fs::path(dir) / "trainer_state.json").string();
+  KOTOBA_CHECK(fs::is_regular_file(state_path), "resume: no checkpoint in '", config_.out, "' (", state_path,
+               " is missing)");
+  json state = read_json(state_path);
+  KOTOBA_CHECK(state.is_object() && state.value("format", "") == kStateFormat, state_path,
+               ": not a kotoba pretraining checkpoint (key 'format' should be \"", kStateFormat, "\")");
+  KOTOBA_CHECK(state_field<int>(state, "version", state_path) == kStateVersion, state_path, ": version ",
+               state["version"].dump(), " is not supported (expected ", kStateVersion, ")");
+  PretrainConfig saved;
+  auto cfg = state.find("config");
+  KOTOBA_CHECK(cfg != state.end(), state_path, ": key 'config' is missing");
+  apply_pretrain_config_json(saved, *cfg, state_path + " (config)");
+  json saved_json = pretrain_config_to_json(saved), now_json = pretrain_config_to_json(config_);
+  for (const auto& f : pretrain_config_fields()) {
+    if (!f.affects_trajectory) continue;
+    KOTOBA_CHECK(saved_json[f.name] == now_json[f.name], "resume: '", f.name, "' is ", now_json[f.name].dump(),
+                 " but the checkpoint (", state_path, ") was trained with ", saved_json[f.name].dump(),
+                 "; a resumed run must keep it");
+  }
+  int64_t step = state_field<int64_t>(state, "step", state_path);
+  KOTOBA_CHECK(step >= 0 && step <= config_.steps, state_path, ": step ", step, " is beyond --steps ", config_.steps);
+
+  std::string weights_path = (fs::path(dir) / "model.safetensors").string();
+  std::string moments_path = (fs::path(dir) / "optimizer.safetensors").string();
+  SafeTensors weights = load_safetensors(weights_path);
+  SafeTensors moments = load_safetensors(moments_path);
+  auto take = [](const SafeTensors& file, const std::string& path, const std::string& name, const Tensor& into) {
+    auto it = file.tensors.find(name);
+    KOTOBA_CHECK(it != file.tensors.end(), path, ": tensor '", name, "' is missing");
+    KOTOBA_CHECK(it->second.shape() == into.shape() && it->second.dtype() == DType::f32, path, ": tensor '", name,
+                 "' is ", dtype_name(it->second.dtype()), " ", shape_str(it->second.shape()), ", expected f32 ",
+                 shape_str(into.shape()));
+    Tensor dst = into.detach();
+    dst.copy_from(it->second);
+  };
+  for (auto& [name, p] : model_->named_parameters()) take(weights, weights_path, name, p);
+  for (auto& slot : optimizer_->slots()) {
+    take(moments, moments_path, "exp_avg." + slot.name, slot.m);
+    take(moments, moments_path, "exp_avg_sq." + slot.name, slot.v);
+  }
+  optimizer_->set_step_count(state_field<int64_t>(state, "adamw_step", state_path));
+  auto gen = state.find("dropout_generator");
+  KOTOBA_CHECK(gen != state.end() && gen->is_object(), state_path, ": key 'dropout_generator' is missing");
+  model_->dropout_generator().set_state(state_field<uint64_t>(*gen, "seed", state_path),
+                                        state_field<uint64_t>(*gen, "offset", state_path));
+  train_sampler_->set_state(state_field<uint64_t>(state, "train_sampler_state", state_path));
+  step_ = step;
+  tokens_ = state_field<int64_t>(state, "tokens", state_path);
+  last_train_loss_ = state["train_loss"].is_number() ? state["train_loss"].get<double>() : std::nan("");
+  last_val_loss_ = state["val_loss"].is_number() ? state["val_loss"].get<double>() : std::nan("");
+  last_checkpoint_step_ = step;
+  resumed_ = true;
+  // The loss curve continues from the checkpoint: rows a killed run wrote after it are dropped.
+  rows_ = read_loss_csv((fs::path(config_.out) / "loss.csv").string(), step_);
+  if (options_.log)
+    options_.log("resumed from " + dir + " at step " + std::to_string(step_) + " of " + std::to_string(config_.steps));
+}
+
+void Pretrainer::write_loss_files() {
+  Series train_series{"train", {}, {}}, val_series{"validation", {}, {}};
+  for (const LossRow& r : rows_) {
+    train_series.x.push_back(double(r.step));
+    train_series.y.push_back(r.train_loss);
+    if (std::isfinite(r.val_loss)) {
+      val_series.x.push_back(double(r.step));
+      val_series.y.push_back(r.val_loss);
+    }
+  }
+  if (rows_.empty()) return;
+  write_line_plot((fs::path(config_.out) / "loss.png").string(), {train_series, val_series}, "pretraining loss",
+                  "step", "loss (nats/token)");
+}
+
+PretrainResult Pretrainer::run(int64_t stop_after_step) {
+  const PretrainConfig& c = config_;
+  fs::path out(c.out);
+  fs::create_directories(out);
+  KOTOBA_CHECK(resumed_ || !fs::exists(checkpoint_dir(c.out)), "pretrain: '", c.out,
+               "' already holds a checkpoint; pass --resume to continue it, or choose another --out");
+  for (auto& entry : fs::directory_iterator(out)) {  // leftovers of a run killed mid-checkpoint
+    if (entry.path().filename().string().rfind(".checkpoint.tmp-", 0) == 0) {
+      std::error_code ec;
+      fs::remove_all(entry.path(), ec);
+    }
+  }
+  // loss.csv is rewritten once (header and the rows kept on resume), then appended row by row.
+  std::string csv_path = (out / "loss.csv").string();
+  {
+    std::string text = kCsvHeader;
+    for (const LossRow& r : rows_) text += csv_line(r);
+    std::string tmp = csv_path + ".tmp";
+    write_file_synced(tmp, text);
+    fs::rename(tmp, csv_path);
+  }
+  const int64_t end_step = stop_after_step > 0 ? std::min(stop_after_step, c.steps) : c.steps;
+  const int64_t B = c.batch, T = c.seq, tokens_per_step = B * T * c.grad_accum;
+  std::vector<Tensor> params = model_->parameters();
+  Tensor x = Tensor::empty({B, T}, DType::i32), y = Tensor::empty({B, T}, DType::i32);
+
+  Progress progress("pretrain", c.steps, {.unit = "steps", .quiet = !options_.progress});
+  progress.set(step_);
+  using clock = std::chrono::steady_clock;
+  auto row_start = clock::now();
+  double row_loss_sum = 0;
+  int64_t row_steps = 0, row_tokens = 0;
+  double tokens_per_second = 0;
+
+  while (step_ < end_step) {
+    const int64_t step = step_ + 1;
+    const double lr = learning_rate_at(c, step);
+    optimizer_->set_lr(float(lr));
+    optimizer_->zero_grad();
+    double loss_sum = 0;
+    for (int64_t micro = 0; micro < c.grad_accum; ++micro) {
+      train_sampler_->next(x, y);
+      Tensor loss = model_->loss(x, y);
+      float value = loss.to_vector()[0];
+      if (!std::isfinite(value)) {
+        std::string kept = last_checkpoint_step_ > 0
+                               ? "the last good checkpoint (step " + std::to_string(last_checkpoint_step_) + ") is in " +
+                                     checkpoint_dir(c.out)
+                               : std::string("no checkpoint was written yet");
+        throw Error(detail::concat("pretrain: the training loss became ", value, " at step ", step,
+                                   c.grad_accum > 1 ? " (micro-batch " + std::to_string(micro + 1) + " of " +
+                                                          std::to_string(c.grad_accum) + ")"
+                                                    : std::string(),
+                                   "; stopped: ", kept, " (try a lower --lr or a longer --warmup)"));
+      }
+      loss_sum += value;
+      loss.backward();
+    }
+    // The gradients hold the sum over micro-batches; the step uses their mean.
+    const float accum = float(c.grad_accum);
+    const float norm = global_grad_norm(params) / accum;
+    KOTOBA_CHECK(std::isfinite(norm), "pretrain: the gradient norm became ", norm, " at step ", step, "; stopped: ",
+                 last_checkpoint_step_ > 0 ? "the last good checkpoint (step " + std::to_string(last_checkpoint_step_) +
+                                                 ") is in " + checkpoint_dir(c.out)
+                                           : std::string("no checkpoint was written yet"));
+    const float clip_scale = c.clip > 0 ? clip_coefficient(norm, float(c.clip)) : 1.0f;
+    optimizer_->step(clip_scale / accum);
+    step_ = step;
+    tokens_ += tokens_per_step;
+    last_train_loss_ = loss_sum / double(c.grad_accum);
+    row_loss_sum += last_train_loss_;
+    row_steps += 1;
+    row_tokens += tokens_per_step;
+
+    const bool last = step == c.steps;
+    const bool eval_now = val_data_ && (last || (c.eval_every > 0 && step % c.eval_every == 0));
+    double val = std::nan("");
+    if (eval_now) {
+      val = last_val_loss_ = validation_loss();
+      if (options_.log) {
+        char line[160];
+        std::snprintf(line, sizeof line, "step %lld/%lld  train loss %.4f  val loss %.4f  val perplexity %.2f",
+                      (long long)step, (long long)c.steps, last_train_loss_, val, std::exp(val));
+        options_.log(line);
+      }
+    }
+    if (step % c.log_every == 0 || eval_now || last || step == end_step) {
+      double seconds = std::chrono::duration<double>(clock::now() - row_start).count();
+      tokens_per_second = seconds > 0 ? double(row_tokens) / seconds : 0;
+      LossRow row{step, lr, row_loss_sum / double(row_steps), val, tokens_per_second};
+      rows_.push_back(row);
+      std::ofstream csv(csv_path, std::ios::app);
+      csv << csv_line(row);
+      csv.flush();
+      KOTOBA_CHECK(csv, csv_path, ": cannot append");
+      row_start = clock::now();
+      row_loss_sum = 0;
+      row_steps = row_tokens = 0;
+    }
+    if (c.checkpoint_every > 0 && step % c.checkpoint_every == 0) save_checkpoint();
+    if (eval_now) write_loss_files();
+
+    char extra[160];
+    std::snprintf(extra, sizeof extra, "loss %.4f  lr %.2e  %.0f tokens/s%s", last_train_loss_, lr,
+                  tokens_per_second,
+                  std::isfinite(last_val_loss_) ? ("  val " + std::to_string(last_val_loss_).substr(0, 6)).c_str() : "");
+    progress.set_extra(extra);
+    progress.set(step_);
+  }
+  progress.finish();
+
+  PretrainResult result;
+  result.step = step_;
+  result.finished = step_ >= c.steps;
+  result.train_loss = last_train_loss_;
+  result.val_loss = last_val_loss_;
+  result.val_perplexity = std::exp(last_val_loss_);
+  result.tokens = tokens_;
+  // A checkpoint at the stopping point, so the run can be continued (or extended with more --steps).
+  if (last_checkpoint_step_ != step_ && (!result.finished || c.checkpoint_every > 0)) save_checkpoint();
+  write_loss_files();
+  if (result.finished) {
+    GenerationConfig generation;
+    int32_t eos = train_sampler_->dataset().eos_id();
+    if (eos >= 0) generation.bos_token_id = generation.eos_token_id = eos;
+    result.model_dir = (out / "model").string();
+    save_model_dir(result.model_dir, *model_, c.tokenizer, generation);
+    if (options_.log) options_.log("model written to " + result.model_dir);
+  }
+  return result;
+}
+
+}  // namespace kotoba::train

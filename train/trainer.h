@@ -1,0 +1,148 @@
+// The pretraining loop as a library: GPT-2 on token shards from `kotoba prepare`, AdamW with
+// linear warm-up and cosine decay, gradient accumulation and clipping, periodic validation,
+// atomic checkpoints that resume bit-identically, loss.csv/loss.png and a final model directory.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "data/token_dataset.h"
+#include "nn/gpt2.h"
+#include "train/optim.h"
+
+namespace kotoba::train {
+
+// Every field is also a `kotoba pretrain` flag (underscores become dashes: --grad-accum) and a
+// key of the --config JSON file; pretrain_config_fields() is the one list both are made from.
+struct PretrainConfig {
+  // Model (GPT-2). vocab_size comes from the tokenizer.
+  int64_t n_layer = 6;
+  int64_t n_head = 6;
+  int64_t n_embd = 384;
+  int64_t n_positions = 0;  // longest sequence the model accepts; 0: equal to seq
+  double dropout = 0.0;     // on embeddings and residual branches
+
+  // Batches: each optimizer step sees grad_accum micro-batches of batch windows of seq tokens.
+  int64_t seq = 256;
+  int64_t batch = 16;
+  int64_t grad_accum = 1;
+
+  // Optimisation.
+  int64_t steps = 2000;        // optimizer steps in the whole run
+  double lr = 6e-4;            // peak learning rate, reached after warmup steps
+  double min_lr = 6e-5;        // the cosine decays to this at the last step
+  int64_t warmup = 100;        // linear warm-up steps from lr/warmup to lr
+  double weight_decay = 0.1;   // decoupled, on matrices only
+  double beta1 = 0.9;
+  double beta2 = 0.95;
+  double eps = 1e-8;
+  double clip = 1.0;           // global gradient-norm clipping; 0: off
+
+  // Evaluation, checkpoints, logging.
+  int64_t eval_every = 200;        // steps between validation passes; 0: only at the end
+  int64_t eval_batches = 20;       // validation batches per pass (the same ones every time)
+  int64_t checkpoint_every = 200;  // steps between checkpoints; 0: none (the final model is still written)
+  int64_t log_every = 10;          // steps between loss.csv rows
+  int64_t seed = 1337;             // initialisation, dropout and data sampling
+  int64_t threads = 0;             // CPU threads; 0: all cores
+
+  // Files.
+  std::string data = {};       // directory written by `kotoba prepare`
+  std::string tokenizer = {};  // tokenizer.json the shards were made with (copied into OUT/model)
+  std::string out = "pretrain-run";
+};
+
+// The field table: name, member and a one-line help, for JSON and flags alike.
+struct PretrainConfigField {
+  const char* name;
+  std::variant<int64_t PretrainConfig::*, double PretrainConfig::*, std::string PretrainConfig::*> member;
+  const char* help;
+  bool affects_trajectory;  // must match the checkpoint's on resume
+};
+std::span<const PretrainConfigField> pretrain_config_fields();
+
+nlohmann::json pretrain_config_to_json(const PretrainConfig& config);
+// Applies the keys of `json` onto `config`: an unknown key is an error naming `source` and the
+// key; a mistyped value names the key and the expected type.
+void apply_pretrain_config_json(PretrainConfig& config, const nlohmann::json& json, const std::string& source);
+// Reads a JSON config file onto `config` (same errors, naming the file).
+void apply_pretrain_config_file(PretrainConfig& config, const std::string& path);
+// Range checks (positive sizes, n_embd % n_head, lr >= min_lr, ...); errors name the field.
+void validate_pretrain_config(const PretrainConfig& config);
+
+// The learning rate at optimizer step `step` (1-based): linear warm-up to lr over `warmup`
+// steps, then a cosine from lr down to min_lr at step `steps`.
+double learning_rate_at(const PretrainConfig& config, int64_t step);
+
+// One row of loss.csv. val_loss is NaN where no validation ran at that step.
+struct LossRow {
+  int64_t step = 0;
+  double lr = 0, train_loss = 0, val_loss = 0, tokens_per_second = 0;
+};
+
+struct PretrainResult {
+  int64_t step = 0;             // optimizer steps done
+  bool finished = false;        // reached config.steps (the final model directory is written)
+  double train_loss = 0;        // mean loss of the last step's micro-batches
+  double val_loss = 0;          // last validation loss (NaN when there is no validation split)
+  double val_perplexity = 0;
+  int64_t tokens = 0;           // training tokens seen (all steps, resumed ones included)
+  std::string model_dir;        // OUT/model when finished
+};
+
+struct PretrainerOptions {
+  bool progress = true;                         // the progress bar on stderr
+  std::function<void(const std::string&)> log = {};  // one line per validation pass and event; may be empty
+};
+
+class Pretrainer {
+ public:
+  // Opens the data (train and val splits), checks the tokenizer against it, builds the model.
+  Pretrainer(PretrainConfig config, PretrainerOptions options = {});
+  ~Pretrainer();
+
+  // Loads OUT/checkpoint: weights, AdamW moments and step, dropout and sampler states, the step.
+  // Fields marked affects_trajectory must match the checkpoint's config; errors name the file.
+  void resume();
+  // Trains until config.steps (then writes OUT/model) or, when stop_after_step > 0, until that
+  // step (then writes a checkpoint and returns with finished = false).
+  PretrainResult run(int64_t stop_after_step = 0);
+  // Mean loss over the eval_batches validation batches (the same windows every call).
+  double validation_loss();
+  void save_checkpoint();
+
+  nn::GPT2& model() { return *model_; }
+  const PretrainConfig& config() const { return config_; }
+  int64_t step() const { return step_; }
+
+  // The checkpoint directory of an output directory, and the config stored in it.
+  static std::string checkpoint_dir(const std::string& out_dir);
+  static PretrainConfig read_checkpoint_config(const std::string& out_dir);
+
+ private:
+  void write_loss_files();
+  PretrainConfig config_;
+  PretrainerOptions options_;
+  int64_t tokenizer_vocab_ = 0;
+  std::unique_ptr<nn::GPT2> model_;
+  std::unique_ptr<AdamW> optimizer_;
+  std::unique_ptr<data::WindowSampler> train_sampler_;
+  std::optional<data::TokenDataset> val_data_;
+  int64_t step_ = 0;
+  int64_t tokens_ = 0;
+  int64_t last_checkpoint_step_ = 0;
+  bool resumed_ = false;
+  double last_train_loss_ = std::nan("");
+  double last_val_loss_ = std::nan("");
+  std::vector<LossRow> rows_;
+};
+
+}  // namespace kotoba::train
