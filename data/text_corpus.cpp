@@ -73,6 +73,29 @@ std::vector<Document> read_documents(const std::string& path, const CorpusOption
   check_utf8(bytes, "input '" + path + "'");
   std::vector<Document> docs;
   const bool jsonl = is_jsonl_path(path);
+  if (!jsonl && !options.separator_line.empty()) {
+    size_t pos = 0, start = 0;
+    int64_t line_no = 0, start_line = 1;
+    auto flush = [&](size_t end) {
+      std::string_view doc(bytes.data() + start, end - start);
+      if (!is_blank(doc)) docs.push_back(Document{std::string(doc), file_index, start_line});
+    };
+    while (pos < bytes.size()) {
+      size_t end = bytes.find('\n', pos);
+      if (end == std::string::npos) end = bytes.size();
+      std::string_view line(bytes.data() + pos, end - pos);
+      ++line_no;
+      if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+      if (line == options.separator_line) {
+        flush(pos);
+        start = end + 1 < bytes.size() ? end + 1 : bytes.size();
+        start_line = line_no + 1;
+      }
+      pos = end + 1;
+    }
+    if (start < bytes.size()) flush(bytes.size());
+    return docs;
+  }
   if (!jsonl && !options.split_lines) {
     if (!is_blank(bytes)) docs.push_back(Document{std::move(bytes), file_index, 0});
     return docs;

@@ -14,6 +14,9 @@ namespace kotoba::data {
 // Empty documents are skipped; a corpus with no documents at all is an error naming the inputs.
 struct CorpusOptions {
   bool split_lines = false;          // plain text only: one document per non-blank line
+  // Plain text only: when set, a line equal to this string (e.g. "%" in fortune files) ends a
+  // document; takes precedence over split_lines.
+  std::string separator_line = {};
   std::string text_field = "text";   // JSONL field holding the document
 };
 

@@ -183,6 +183,18 @@ TEST_F(DataTest, PlainTextIsOneDocumentOrOnePerLine) {
   EXPECT_EQ(lines[2].line, 4);
 }
 
+TEST_F(DataTest, SeparatorLinesSplitDocumentsAsInFortuneFiles) {
+  auto p = write("cookies", "A cookie\nof two lines\n%\n%\nAnother\r\n%\r\nLast, no newline");
+  auto docs = read_documents(p, {.separator_line = "%"});
+  ASSERT_EQ(docs.size(), 3u);
+  EXPECT_EQ(docs[0].text, "A cookie\nof two lines\n");
+  EXPECT_EQ(docs[0].line, 1);
+  EXPECT_EQ(docs[1].text, "Another\r\n");
+  EXPECT_EQ(docs[1].line, 5);
+  EXPECT_EQ(docs[2].text, "Last, no newline");
+  EXPECT_EQ(docs[2].line, 7);
+}
+
 // ---------------------------------------------------------------- token shards
 
 TEST_F(DataTest, ShardRoundTripAcrossShardsU16AndU32) {
