@@ -1,0 +1,148 @@
+// The `kotoba` program end to end as a user runs it: a tokenizer, shards, a short pretraining
+// run and its model directory, then every kind of bad input — each must exit non-zero with a
+// message naming the file and field at fault, and leave no partial output behind.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+
+namespace fs = std::filesystem;
+
+#ifdef KOTOBA_CLI_PATH
+namespace {
+
+struct CliRun {
+  int code = -1;
+  std::string out, err;
+};
+
+std::string slurp(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+class Cli : public ::testing::Test {
+ protected:
+  static fs::path dir;
+
+  static CliRun kotoba(const std::string& args) {
+    fs::path out = dir / "stdout", err = dir / "stderr";
+    std::string cmd = std::string("OMP_WAIT_POLICY=passive '") + KOTOBA_CLI_PATH + "' " + args + " >'" +
+                      out.string() + "' 2>'" + err.string() + "' </dev/null";
+    int status = std::system(cmd.c_str());
+    return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, slurp(out), slurp(err)};
+  }
+  static void write(const fs::path& p, const std::string& text) { std::ofstream(p, std::ios::binary) << text; }
+  static std::string path(const std::string& name) { return "'" + (dir / name).string() + "'"; }
+
+  // One tokenizer, data set and model for the whole suite.
+  static void SetUpTestSuite() {
+    dir = fs::temp_directory_path() / ("kotoba_cli_" + std::to_string(::getpid()));
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    std::string corpus;
+    const char* words[] = {"the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "far", "away", "home"};
+    for (int i = 0; i < 600; ++i) {
+      corpus += words[(i * 7) % 12];
+      corpus += (i % 9 == 8) ? ".\n%\n" : " ";
+    }
+    write(dir / "corpus.txt", corpus);
+    ASSERT_EQ(kotoba("tokenizer train --input " + path("corpus.txt") + " --vocab-size 300 --out " +
+                     path("tok.json")).code, 0);
+    ASSERT_EQ(kotoba("prepare --tokenizer " + path("tok.json") + " --input " + path("corpus.txt") +
+                     " --separator % --val-fraction 0.1 --out " + path("data")).code, 0);
+    CliRun r = kotoba("pretrain --data " + path("data") + " --tokenizer " + path("tok.json") + " --out " + path("run") +
+                   " --n-layer 1 --n-head 2 --n-embd 16 --seq 16 --batch 4 --steps 4 --warmup 1 --eval-every 0"
+                   " --checkpoint-every 2 --eval-batches 1 --quiet --json");
+    ASSERT_EQ(r.code, 0) << r.err;
+  }
+  static void TearDownTestSuite() { fs::remove_all(dir); }
+
+  static void expect_error(const CliRun& r, std::initializer_list<std::string> parts) {
+    EXPECT_NE(r.code, 0) << "expected a failure; stdout: " << r.out;
+    for (const auto& p : parts) EXPECT_NE(r.err.find(p), std::string::npos) << "stderr lacks '" << p << "': " << r.err;
+  }
+};
+fs::path Cli::dir;
+
+TEST_F(Cli, JsonFlagMakesTheLastLineOneObject) {
+  CliRun r = kotoba("tokenizer encode --tokenizer " + path("tok.json") + " --json 'the cat sat'");
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out.substr(r.out.rfind('{')));
+  EXPECT_EQ(j["tokens"], j["ids"].size());
+  r = kotoba("eval " + path("run/model") + " --data " + path("corpus.txt") + " --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  j = nlohmann::json::parse(r.out.substr(r.out.rfind('{')));
+  EXPECT_NEAR(std::exp(j["loss"].get<double>()), j["perplexity"].get<double>(), 1e-3 * j["perplexity"].get<double>());
+}
+
+TEST_F(Cli, UnknownFlagAndUnknownCommand) {
+  expect_error(kotoba("prepare --frobnicate 3"), {"prepare", "--frobnicate"});
+  expect_error(kotoba("frobnicate"), {"unknown command", "frobnicate"});
+}
+
+TEST_F(Cli, EmptyCorpusNamesTheInputAndWritesNothing) {
+  write(dir / "empty.txt", "  \n\n");
+  expect_error(kotoba("prepare --tokenizer " + path("tok.json") + " --input " + path("empty.txt") + " --out " +
+                      path("empty-data")),
+               {"empty.txt"});
+  EXPECT_FALSE(fs::exists(dir / "empty-data"));
+}
+
+TEST_F(Cli, NonUtf8NamesTheFileAndOffset) {
+  write(dir / "latin1.txt", "caf\xe9 au lait\n");
+  expect_error(kotoba("prepare --tokenizer " + path("tok.json") + " --input " + path("latin1.txt") + " --out " +
+                      path("latin1-data")),
+               {"latin1.txt", "UTF-8", "offset 3"});
+  EXPECT_FALSE(fs::exists(dir / "latin1-data"));
+  expect_error(kotoba("tokenizer train --input " + path("latin1.txt") + " --vocab-size 300 --out " + path("t2.json")),
+               {"latin1.txt", "UTF-8"});
+  EXPECT_FALSE(fs::exists(dir / "t2.json"));
+}
+
+TEST_F(Cli, ConfigWithMistypedOrUnknownKeyNamesFileAndKey) {
+  write(dir / "bad-type.json", R"({"n_layer": "two"})");
+  expect_error(kotoba("pretrain --data " + path("data") + " --tokenizer " + path("tok.json") + " --out " +
+                      path("bad-run") + " --config " + path("bad-type.json")),
+               {"bad-type.json", "n_layer"});
+  write(dir / "bad-key.json", R"({"n_layerz": 2})");
+  expect_error(kotoba("pretrain --data " + path("data") + " --tokenizer " + path("tok.json") + " --out " +
+                      path("bad-run") + " --config " + path("bad-key.json")),
+               {"bad-key.json", "n_layerz"});
+  EXPECT_FALSE(fs::exists(dir / "bad-run" / "model"));
+}
+
+TEST_F(Cli, TruncatedCheckpointNamesTheFile) {
+  fs::copy(dir / "run", dir / "run-trunc", fs::copy_options::recursive);
+  fs::path weights = dir / "run-trunc" / "checkpoint" / "model.safetensors";
+  ASSERT_TRUE(fs::exists(weights));
+  fs::resize_file(weights, fs::file_size(weights) / 2);
+  expect_error(kotoba("pretrain --data " + path("data") + " --tokenizer " + path("tok.json") + " --out " +
+                      path("run-trunc") + " --resume --steps 6"),
+               {"model.safetensors"});
+}
+
+TEST_F(Cli, TokenizerModelVocabularyMismatchNamesBothSizes) {
+  ASSERT_EQ(kotoba("tokenizer train --input " + path("corpus.txt") + " --vocab-size 280 --out " + path("small.json")).code,
+            0);
+  fs::copy(dir / "run" / "model", dir / "model-mismatch", fs::copy_options::recursive);
+  fs::copy_file(dir / "small.json", dir / "model-mismatch" / "tokenizer.json", fs::copy_options::overwrite_existing);
+  CliRun r = kotoba("eval " + path("model-mismatch") + " --data " + path("corpus.txt"));
+  expect_error(r, {"tokenizer.json", "vocab"});
+  // Shards made with one tokenizer cannot train with another.
+  expect_error(kotoba("pretrain --data " + path("data") + " --tokenizer " + path("small.json") + " --out " +
+                      path("mismatch-run") + " --steps 2"),
+               {"vocab"});
+  EXPECT_FALSE(fs::exists(dir / "mismatch-run" / "model"));
+}
+
+}  // namespace
+#endif
