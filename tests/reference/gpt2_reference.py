@@ -31,7 +31,7 @@ def save_safetensors(path, tensors, metadata):
     os.replace(tmp, path)
 
 
-def gpt2_loss(p, ids, targets, cfg):
+def gpt2_logits(p, ids, cfg):
     B, T = ids.shape
     C, H, L = cfg["n_embd"], cfg["n_head"], cfg["n_layer"]
     x = p["transformer.wte.weight"][ids] + p["transformer.wpe.weight"][:T]
@@ -50,17 +50,17 @@ def gpt2_loss(p, ids, targets, cfg):
         h = F.gelu(F.linear(h, p[pre + "mlp.c_fc.weight"], p[pre + "mlp.c_fc.bias"]), approximate="tanh")
         x = x + F.linear(h, p[pre + "mlp.c_proj.weight"], p[pre + "mlp.c_proj.bias"])
     x = F.layer_norm(x, (C,), p["transformer.ln_f.weight"], p["transformer.ln_f.bias"], cfg["eps"])
-    logits = x @ p["transformer.wte.weight"].T
-    return F.cross_entropy(logits.reshape(B * T, -1), targets.reshape(-1), ignore_index=-100)
+    return x @ p["transformer.wte.weight"].T
 
 
-def main():
-    out_dir = sys.argv[1]
-    os.makedirs(out_dir, exist_ok=True)
-    seed = int(os.environ.get("KOTOBA_TEST_SEED", int.from_bytes(os.urandom(4), "little")))
-    print(f"gpt2_reference: seed {seed} (set KOTOBA_TEST_SEED={seed} to reproduce)")
-    g = torch.Generator().manual_seed(seed)
-    cfg = {"vocab_size": 97, "n_positions": 40, "n_embd": 48, "n_layer": 3, "n_head": 4, "eps": 1e-5}
+def gpt2_loss(p, ids, targets, cfg):
+    logits = gpt2_logits(p, ids, cfg)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+
+
+def random_gpt2_params(cfg, g):
+    """Fresh random GPT-2 weights by HF name (Linear layout (out, in)), float64 holding values
+    exactly representable in f32, so that both sides start from identical weights."""
     C, V, L = cfg["n_embd"], cfg["vocab_size"], cfg["n_layer"]
     shapes = {"transformer.wte.weight": (V, C), "transformer.wpe.weight": (cfg["n_positions"], C)}
     for i in range(L):
@@ -76,12 +76,23 @@ def main():
     shapes.update({"transformer.ln_f.weight": (C,), "transformer.ln_f.bias": (C,)})
     params = {}
     for name, shape in shapes.items():
-        # Values exactly representable in f32, so both sides start from identical weights.
-        if name.endswith("ln_1.weight") or name.endswith("ln_2.weight") or name.endswith("ln_f.weight"):
+        if name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")):
             t = 1.0 + 0.1 * torch.randn(shape, generator=g)
         else:
             t = 0.2 * torch.randn(shape, generator=g)
-        params[name] = t.float().double().requires_grad_(True)
+        params[name] = t.float().double()
+    return params
+
+
+def main():
+    out_dir = sys.argv[1]
+    os.makedirs(out_dir, exist_ok=True)
+    seed = int(os.environ.get("KOTOBA_TEST_SEED", int.from_bytes(os.urandom(4), "little")))
+    print(f"gpt2_reference: seed {seed} (set KOTOBA_TEST_SEED={seed} to reproduce)")
+    g = torch.Generator().manual_seed(seed)
+    cfg = {"vocab_size": 97, "n_positions": 40, "n_embd": 48, "n_layer": 3, "n_head": 4, "eps": 1e-5}
+    V = cfg["vocab_size"]
+    params = {name: t.requires_grad_(True) for name, t in random_gpt2_params(cfg, g).items()}
     B, T = 3, 37
     ids = torch.randint(0, V, (B, T), generator=g, dtype=torch.int64)
     targets = torch.randint(0, V, (B, T), generator=g, dtype=torch.int64)
