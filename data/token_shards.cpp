@@ -1,5 +1,6 @@
 // Token shard files: streamed writing with a patched header, mmap reading with validation, and
 // the meta.json index. The layout is documented in token_shards.h.
+#include "core/atomic_file.h"
 #include "data/token_shards.h"
 
 #include <fcntl.h>
@@ -251,15 +252,7 @@ void write_shard_index(const fs::path& dir, const ShardIndex& index) {
                       {"val_fraction", index.val_fraction},
                       {"train", split_json(index.train)},
                       {"val", split_json(index.val)}};
-  fs::path final_path = dir / "meta.json", tmp_path = dir / "meta.json.tmp";
-  {
-    std::ofstream out(tmp_path, std::ios::binary);
-    KOTOBA_CHECK(out, "cannot create '", tmp_path.string(), "'");
-    out << j.dump(2) << "\n";
-    out.close();
-    KOTOBA_CHECK(out, "cannot write '", tmp_path.string(), "'");
-  }
-  fs::rename(tmp_path, final_path);
+  write_file_atomically((dir / "meta.json").string(), j.dump(2) + "\n");
 }
 
 ShardIndex read_shard_index(const fs::path& dir) {

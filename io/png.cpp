@@ -2,6 +2,8 @@
 // Files come out about as large as the raw pixels, which is fine for plots of a few hundred kB.
 #include "io/png.h"
 
+#include "core/atomic_file.h"
+
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -115,38 +117,7 @@ std::vector<uint8_t> encode_png(std::span<const uint8_t> pixels, int width, int 
 
 void write_png(const std::string& path, std::span<const uint8_t> pixels, int width, int height, int channels) {
   std::vector<uint8_t> bytes = encode_png(pixels, width, height, channels);
-  auto errno_text = [] { return std::string(std::strerror(errno)); };
-  std::string temp = path + ".tmp.XXXXXX";
-  std::vector<char> temp_name(temp.begin(), temp.end());
-  temp_name.push_back('\0');
-  int fd = ::mkstemp(temp_name.data());
-  KOTOBA_CHECK(fd >= 0, path, ": cannot create a temporary file next to it: ", errno_text());
-  auto fail = [&](const std::string& what) {
-    std::string why = errno_text();
-    ::close(fd);
-    ::unlink(temp_name.data());
-    throw Error(detail::concat(path, ": ", what, ": ", why));
-  };
-  for (size_t at = 0; at < bytes.size();) {
-    ssize_t w = ::write(fd, bytes.data() + at, bytes.size() - at);
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) fail("write failed");
-    at += size_t(w);
-  }
-  // mkstemp makes the file 0600; give it the mode a plain create would have.
-  mode_t mask = ::umask(0);
-  ::umask(mask);
-  if (::fchmod(fd, 0666 & ~mask) != 0) fail("chmod failed");
-  if (::close(fd) != 0) {
-    std::string why = errno_text();
-    ::unlink(temp_name.data());
-    throw Error(detail::concat(path, ": close failed: ", why));
-  }
-  if (::rename(temp_name.data(), path.c_str()) != 0) {
-    std::string why = errno_text();
-    ::unlink(temp_name.data());
-    throw Error(detail::concat(path, ": cannot rename the temporary file into place: ", why));
-  }
+  write_file_atomically(path, std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()));
 }
 
 }  // namespace kotoba

@@ -3,6 +3,8 @@
 // tensor's data_offsets are [begin, end) relative to the start of the data region.
 #include "io/safetensors.h"
 
+#include "core/atomic_file.h"
+
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -228,57 +230,15 @@ void save_safetensors(const std::string& path, const std::map<std::string, Tenso
   // Pad with spaces so the data region starts 8-byte aligned (as the reference writer does).
   header_text.append((8 - header_text.size() % 8) % 8, ' ');
 
-  std::string dir = ".";
-  if (auto slash = path.rfind('/'); slash != std::string::npos) dir = slash == 0 ? "/" : path.substr(0, slash);
-  std::string temp = path + ".tmp.XXXXXX";
-  std::vector<char> temp_name(temp.begin(), temp.end());
-  temp_name.push_back('\0');
-  int fd = ::mkstemp(temp_name.data());
-  KOTOBA_CHECK(fd >= 0, path, ": cannot create a temporary file in ", dir, ": ", errno_text());
-  auto fail = [&](const std::string& what) {
-    std::string why = errno_text();
-    ::close(fd);
-    ::unlink(temp_name.data());
-    throw Error(detail::concat(path, ": ", what, ": ", why));
-  };
-  auto write_all = [&](const void* data, size_t n) {
-    const char* p = static_cast<const char*>(data);
-    while (n > 0) {
-      ssize_t w = ::write(fd, p, n);
-      if (w < 0 && errno == EINTR) continue;
-      if (w <= 0) fail("write failed");
-      p += w;
-      n -= size_t(w);
-    }
-  };
-  unsigned char length[8];
-  uint64_t header_len = header_text.size();
-  for (int i = 0; i < 8; ++i) length[i] = static_cast<unsigned char>(header_len >> (8 * i));
-  write_all(length, 8);
-  write_all(header_text.data(), header_text.size());
-  for (const auto& t : payload)
-    if (t.nbytes()) write_all(t.raw(), t.nbytes());
-  // mkstemp makes the file 0600; give it the mode a plain create would have.
-  mode_t mask = ::umask(0);
-  ::umask(mask);
-  if (::fchmod(fd, 0666 & ~mask) != 0) fail("chmod failed");
-  if (::fsync(fd) != 0) fail("fsync failed");
-  if (::close(fd) != 0) {
-    std::string why = errno_text();
-    ::unlink(temp_name.data());
-    throw Error(detail::concat(path, ": close failed: ", why));
-  }
-  if (::rename(temp_name.data(), path.c_str()) != 0) {
-    std::string why = errno_text();
-    ::unlink(temp_name.data());
-    throw Error(detail::concat(path, ": cannot rename the temporary file into place: ", why));
-  }
-  // Make the rename itself durable.
-  int dir_fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dir_fd >= 0) {
-    ::fsync(dir_fd);
-    ::close(dir_fd);
-  }
+  write_file_atomically(path, [&](const FileSink& write) {
+    unsigned char length[8];
+    uint64_t header_len = header_text.size();
+    for (int i = 0; i < 8; ++i) length[i] = static_cast<unsigned char>(header_len >> (8 * i));
+    write(length, 8);
+    write(header_text.data(), header_text.size());
+    for (const auto& t : payload)
+      if (t.nbytes()) write(t.raw(), t.nbytes());
+  });
 }
 
 }  // namespace kotoba

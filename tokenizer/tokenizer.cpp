@@ -17,6 +17,7 @@
 #include <unordered_map>
 #include <nlohmann/json.hpp>
 
+#include "core/atomic_file.h"
 #include "core/error.h"
 #include "tokenizer/pretokenize.h"
 
@@ -1028,20 +1029,7 @@ void Tokenizer::save(const std::string& path) const {
                               {"ignore_merges", im.ignore_merges},
                               {"vocab", vocab},
                               {"merges", merges}};
-  std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    KOTOBA_CHECK(out, "tokenizer: cannot write '", tmp, "'");
-    out << doc.dump(2) << "\n";
-    out.close();
-    KOTOBA_CHECK(out, "tokenizer: error writing '", tmp, "'");
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) {
-    std::filesystem::remove(tmp);
-    throw Error(kotoba::detail::concat("tokenizer: cannot rename '", tmp, "' to '", path, "': ", ec.message()));
-  }
+  write_file_atomically(path, doc.dump(2) + "\n");
 }
 
 }  // namespace kotoba::tokenizer

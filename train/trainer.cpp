@@ -1,6 +1,7 @@
 // The pretraining loop. Determinism: the data windows are a pure function of (seed, windows
 // drawn), dropout is counter-based (seed, offset), and the reductions add per-chunk partials in
 // a fixed order; so the checkpoint's few counters are the whole state a resumed run needs.
+#include "core/atomic_file.h"
 #include "train/trainer.h"
 
 #include <algorithm>
@@ -176,14 +177,6 @@ json read_json(const std::string& path) {
   }
 }
 
-void write_file_synced(const std::string& path, const std::string& text) {
-  FILE* f = std::fopen(path.c_str(), "wb");
-  KOTOBA_CHECK(f, path, ": cannot create");
-  bool ok = std::fwrite(text.data(), 1, text.size(), f) == text.size() && std::fflush(f) == 0 && ::fsync(fileno(f)) == 0;
-  std::fclose(f);
-  KOTOBA_CHECK(ok, path, ": write failed");
-}
-
 template <typename T>
 T state_field(const json& state, const char* key, const std::string& file) {
   auto it = state.find(key);
@@ -332,7 +325,7 @@ void Pretrainer::save_checkpoint() {
                {"val_loss", std::isfinite(last_val_loss_) ? json(last_val_loss_) : json(nullptr)},
                {"config", pretrain_config_to_json(config_)}};
     // Written last: a directory with trainer_state.json in it is complete.
-    write_file_synced((fs::path(tmp) / "trainer_state.json").string(), state.dump(2) + "\n");
+    write_file_atomically((fs::path(tmp) / "trainer_state.json").string(), state.dump(2) + "\n");
     replace_directory(tmp, target);
   } catch (...) {
     fs::remove_all(tmp, ec);
@@ -435,9 +428,7 @@ PretrainResult Pretrainer::run(int64_t stop_after_step) {
   {
     std::string text = kCsvHeader;
     for (const LossRow& r : rows_) text += csv_line(r);
-    std::string tmp = csv_path + ".tmp";
-    write_file_synced(tmp, text);
-    fs::rename(tmp, csv_path);
+    write_file_atomically(csv_path, text);
   }
   const int64_t end_step = stop_after_step > 0 ? std::min(stop_after_step, c.steps) : c.steps;
   const int64_t B = c.batch, T = c.seq, tokens_per_step = B * T * c.grad_accum;
