@@ -63,6 +63,19 @@ void sgemm_one(const GemmArgs& g, const float* a, int64_t lda, const float* b, i
     scale_c(c, ldc, g.m, g.n, g.beta);
     return;
   }
+  if (g.m == 1) {
+    // One row (decoding a token): a matrix-vector product. sgemm would repack all of B for it.
+    // C is zeroed first when beta == 0 so that NaNs in a stale C cannot leak through scal.
+    if (g.beta == 0.0f) scale_c(c, ldc, 1, g.n, 0.0f);
+    const blasint incx = blasint(g.trans_a ? lda : 1);  // A: (1, k), or stored (k, 1) when transposed
+    if (g.trans_b)  // B stored (n, k): c = B a
+      cblas_sgemv(CblasRowMajor, CblasNoTrans, blasint(g.n), blasint(g.k), g.alpha, b, blasint(ldb), a, incx, g.beta,
+                  c, 1);
+    else  // B stored (k, n): c = B^T a
+      cblas_sgemv(CblasRowMajor, CblasTrans, blasint(g.k), blasint(g.n), g.alpha, b, blasint(ldb), a, incx, g.beta,
+                  c, 1);
+    return;
+  }
   // OpenBLAS honours beta == 0 exactly (its beta pass and its small-matrix "b0" kernels
   // write C without reading it), so NaNs in a stale C do not leak in.
   cblas_sgemm(CblasRowMajor, g.trans_a ? CblasTrans : CblasNoTrans, g.trans_b ? CblasTrans : CblasNoTrans,
