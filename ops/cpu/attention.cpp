@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <new>
 
+#include "ops/cpu/kernel_util.h"
 #include "ops/cpu/register.h"
 
 namespace kotoba::cpu::KOTOBA_ISA_NS {
@@ -31,21 +32,6 @@ inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
-// A grow-only f32 buffer per thread (no STL in per-ISA files: see ops/cpu/simd.h).
-struct Scratch {
-  float* data = nullptr;
-  size_t capacity = 0;
-  ~Scratch() { std::free(data); }
-  float* get(size_t count) {
-    if (count > capacity) {
-      std::free(data);
-      capacity = (count + 15) & ~size_t(15);
-      data = static_cast<float*>(std::aligned_alloc(64, capacity * sizeof(float)));
-      if (!data) throw std::bad_alloc();
-    }
-    return data;
-  }
-};
 thread_local Scratch t_scratch;
 
 // C (MR, NV*kLanes) (+)= A (MR, K) @ B (K, NV*kLanes). A[r][k] = A[r*rsa + k*csa].

@@ -9,26 +9,12 @@
 #include <cstdlib>
 #include <new>
 
+#include "ops/cpu/kernel_util.h"
 #include "ops/cpu/register.h"
 
 namespace kotoba::cpu::KOTOBA_ISA_NS {
 namespace {
 
-// A grow-only f32 buffer per thread and per purpose (no STL here: see ops/cpu/simd.h).
-struct Scratch {
-  float* data = nullptr;
-  size_t capacity = 0;
-  ~Scratch() { std::free(data); }
-  float* get(size_t count) {
-    if (count > capacity) {
-      std::free(data);
-      capacity = (count + 15) & ~size_t(15);
-      data = static_cast<float*>(std::aligned_alloc(64, capacity * sizeof(float)));
-      if (!data) throw std::bad_alloc();
-    }
-    return data;
-  }
-};
 thread_local Scratch t_scratch_a, t_scratch_b, t_scratch_c;
 
 // dst (rows, cols) contiguous f32 = src (rows, cols) with row stride ld, any float dtype.

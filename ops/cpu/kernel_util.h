@@ -33,23 +33,29 @@ inline void parallel_chunks(int64_t n, int64_t grain, Body body) {
   for (int64_t c = 0; c < chunks; ++c) body(c * grain, min_i64(n, (c + 1) * grain));
 }
 
-// A grow-only buffer owned by the calling thread, reused across kernel calls so that steady
-// state allocates nothing. Kernels must not hold it across a call to another kernel.
-struct ScratchBuffer {
-  void* data = nullptr;
-  size_t bytes = 0;
-  ~ScratchBuffer() { std::free(data); }
-};
-inline void* thread_scratch(size_t bytes) {
-  thread_local ScratchBuffer buffer;
-  if (buffer.bytes < bytes) {
-    std::free(buffer.data);
-    size_t rounded = (bytes + 63) & ~size_t(63);
-    buffer.data = std::aligned_alloc(64, rounded);
-    buffer.bytes = buffer.data ? rounded : 0;
-    if (!buffer.data) throw std::bad_alloc();
+// A grow-only f32 buffer, 64-byte aligned. Kernels keep one per thread (thread_local) and per
+// purpose, so that steady state allocates nothing; never hold one across another kernel's call.
+struct Scratch {
+  float* data = nullptr;
+  size_t capacity = 0;  // floats
+  ~Scratch() { std::free(data); }
+  float* get(size_t count) {
+    if (count > capacity) {
+      std::free(data);
+      data = nullptr;
+      capacity = 0;
+      size_t rounded = (count + 15) & ~size_t(15);
+      data = static_cast<float*>(std::aligned_alloc(64, rounded * sizeof(float)));
+      if (!data) throw std::bad_alloc();
+      capacity = rounded;
+    }
+    return data;
   }
-  return buffer.data;
+};
+// The calling thread's general-purpose scratch buffer.
+inline void* thread_scratch(size_t bytes) {
+  thread_local Scratch buffer;
+  return buffer.get((bytes + sizeof(float) - 1) / sizeof(float));
 }
 
 inline Vec vabs(Vec x) { return vmax(x, vzero() - x); }
