@@ -6,6 +6,8 @@
 #include <string_view>
 #include <vector>
 
+#include "core/utf8.h"
+
 namespace kotoba::data {
 
 // Documents are what `prepare` separates with the EOS token and splits train/validation by.
@@ -39,9 +41,7 @@ bool is_jsonl_path(const std::string& path);
 std::vector<Document> read_documents(const std::string& path, const CorpusOptions& options, int32_t file_index = 0);
 Corpus read_corpus(const std::vector<std::string>& paths, const CorpusOptions& options = {});
 
-// Byte offset of the first byte that does not start a well-formed UTF-8 sequence (overlongs,
-// surrogates and code points above U+10FFFF are rejected), or npos when the text is valid.
-size_t find_invalid_utf8(std::string_view text);
+// find_invalid_utf8 (core/utf8.h) finds a bad byte; check_utf8 turns one into an error.
 // Throws kotoba::Error "<where>: invalid UTF-8 at byte offset N" (offset counted from base_offset).
 void check_utf8(std::string_view text, const std::string& where, uint64_t base_offset = 0);
 

@@ -7,6 +7,8 @@
 #include <cstdint>
 #include <string_view>
 
+#include "core/utf8.h"
+
 namespace kotoba::tokenizer {
 
 enum class CharClass : uint8_t { other = 0, letter = 1, number = 2, space = 3 };
@@ -14,12 +16,8 @@ enum class CharClass : uint8_t { other = 0, letter = 1, number = 2, space = 3 };
 // The class of a code point under the table in unicode_ranges.inc (Unicode 16.0, as HF tokenizers 0.23).
 CharClass char_class(char32_t cp);
 
-// Offset of the first byte that starts an invalid UTF-8 sequence (overlong forms, surrogates and
-// code points above U+10FFFF are invalid), or npos when the whole text is valid.
-size_t find_invalid_utf8(std::string_view text);
-
 // Calls piece(std::string_view) for each pre-token of `text`, in order; the pieces concatenate
-// to `text`. The text must be valid UTF-8 (check with find_invalid_utf8 first).
+// to `text`. The text must be valid UTF-8 (check with find_invalid_utf8, core/utf8.h, first).
 template <typename Piece>
 void pretokenize_gpt2(std::string_view text, Piece&& piece);
 
