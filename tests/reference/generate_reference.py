@@ -8,7 +8,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpt2_reference import gpt2_logits, random_gpt2_params, save_safetensors  # noqa: E402
+from gpt2_reference import gpt2_logits, random_gpt2_params  # noqa: E402
+from ops_reference import write_safetensors  # noqa: E402
 
 NEW_TOKENS = 20
 MIN_MARGIN = 1e-3  # a greedy step whose top two logits are closer than this is redrawn
@@ -60,7 +61,7 @@ def main():
         tensors["param." + name] = t
     meta = {k: str(v) for k, v in cfg.items()}
     meta.update(seed=str(seed), repetition_penalty=str(penalty), attempts=str(attempt + 1))
-    save_safetensors(os.path.join(out_dir, "generate_golden.safetensors"), tensors, meta)
+    write_safetensors(os.path.join(out_dir, "generate_golden.safetensors"), tensors, meta)
 
 
 if __name__ == "__main__":

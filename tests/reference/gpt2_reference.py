@@ -2,33 +2,14 @@
 positions, pre-LayerNorm, tanh GELU, tied LM head) in float64 on fresh random weights and
 tokens. Writes weights (kotoba/HF names, Linear layout (out, in)), ids, targets, the loss and
 every parameter's gradient to one safetensors file that tests/test_gpt2.cpp checks."""
-import json
 import math
 import os
-import struct
 import sys
 
 import torch
 import torch.nn.functional as F
 
-
-def save_safetensors(path, tensors, metadata):
-    header, blobs, offset = {"__metadata__": metadata}, [], 0
-    names = {torch.float64: "F64", torch.float32: "F32", torch.int32: "I32"}
-    for name, t in tensors.items():
-        data = t.detach().contiguous().cpu().numpy().tobytes()
-        header[name] = {"dtype": names[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
-        blobs.append(data)
-        offset += len(data)
-    raw = json.dumps(header).encode()
-    raw += b" " * (-len(raw) % 8)
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)))
-        f.write(raw)
-        for b in blobs:
-            f.write(b)
-    os.replace(tmp, path)
+from ops_reference import write_safetensors
 
 
 def gpt2_logits(p, ids, cfg):
@@ -105,7 +86,7 @@ def main():
         tensors["grad." + name] = t.grad
     meta = {k: str(v) for k, v in cfg.items()}
     meta["seed"] = str(seed)
-    save_safetensors(os.path.join(out_dir, "gpt2_golden.safetensors"), tensors, meta)
+    write_safetensors(os.path.join(out_dir, "gpt2_golden.safetensors"), tensors, meta)
 
 
 if __name__ == "__main__":
