@@ -110,6 +110,20 @@ TEST(Dropout, ScalesKeptValuesAndDropsAboutP) {
   EXPECT_NEAR(total / double(n), 1.0, 5 * sigma / (1 - p)) << "mean is preserved";
 }
 
+// The kernels draw the mask with their own vector (and CUDA) copies of uniform_at; this pins
+// them to core/rng.h's definition, element by element.
+TEST(Dropout, MaskIsCoreRngUniformAt) {
+  const int64_t n = 1037;
+  const float p = 0.25f;
+  Generator gen(test_seed());
+  gen.advance(12345);  // a non-zero starting offset
+  const uint64_t seed = gen.seed(), offset = gen.offset();
+  Tensor y = dropout(Tensor::full({n}, 1.0f), p, gen);
+  std::vector<float> v = y.to_vector();
+  for (int64_t i = 0; i < n; ++i)
+    ASSERT_EQ(v[size_t(i)] == 0.0f, uniform_at(seed, offset + uint64_t(i)) < p) << "element " << i;
+}
+
 TEST(Dropout, BackwardUsesTheForwardMask) {
   Generator gen(test_seed());
   Tensor x = random_away_from_zero({64, 33}, gen, 0.1f).set_requires_grad(true);
