@@ -106,12 +106,6 @@ AllocatorStats allocator_stats(Device device) {
   return a.stats;
 }
 
-void empty_cache(Device device) {
-  auto& a = allocator_for(device);
-  std::lock_guard lock(a.mutex);
-  if (a.hooks.release) a.release_cached_locked();
-}
-
 void set_device_bring_up(Device device, void (*bring_up)()) { allocator_for(device).bring_up = bring_up; }
 
 void set_device_memory_hooks(Device device, DeviceMemoryHooks hooks) {

@@ -41,8 +41,6 @@ struct AllocatorStats {
 void* device_allocate(Device device, size_t bytes);
 void device_free(Device device, void* ptr, size_t bytes);
 AllocatorStats allocator_stats(Device device);
-// Returns every cached block to the system.
-void empty_cache(Device device);
 
 // A backend that owns device memory (CUDA) installs its raw allocate/free here.
 struct DeviceMemoryHooks {
