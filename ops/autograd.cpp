@@ -83,6 +83,9 @@ void backward(const Tensor& root, const Tensor& seed) {
     }
     node.backward = nullptr;  // releases the saved tensors
   }
+  // Hand the emptied buffer back, so the next step's tape reuses its capacity.
+  tape.clear();
+  if (g_tape.empty()) g_tape.swap(tape);
 }
 
 void clear_tape() { g_tape.clear(); }
