@@ -20,17 +20,11 @@ Tensor record(const char* name, Tensor output, std::initializer_list<const Tenso
   if (!any_requires_grad(inputs)) return output;
   Node node;
   node.name = name;
-  node.inputs.reserve(inputs.size());
-  for (const Tensor* t : inputs)
-    node.inputs.push_back(t && t->defined() && t->requires_grad() ? t->autograd_meta() : nullptr);
   auto meta = std::make_shared<AutogradMeta>();
   meta->requires_grad = true;
   meta->is_leaf = false;
   output.autograd_meta() = meta;
   node.output = std::move(meta);
-  node.output_shape = output.shape();
-  node.output_dtype = output.dtype();
-  node.output_device = output.device();
   node.backward = std::move(backward_fn);
   g_tape.push_back(std::move(node));
   return output;

@@ -1,6 +1,6 @@
 // Reverse-mode autograd over a tape. Each differentiable op records one Node: the gradient
-// holders (AutogradMeta) of its inputs and output, and a backward closure with exactly the
-// tensors it saved. backward() walks the tape in reverse and then clears it.
+// holder (AutogradMeta) of its output, and a backward closure holding its inputs' gradient
+// holders and exactly the tensors it saved. backward() walks the tape in reverse and then clears it.
 #pragma once
 #include <functional>
 #include <initializer_list>
@@ -13,12 +13,9 @@ namespace kotoba {
 
 struct Node {
   const char* name = "";
-  std::vector<std::shared_ptr<AutogradMeta>> inputs;  // null where an input needs no gradient
-  std::shared_ptr<AutogradMeta> output;
-  Shape output_shape;
-  DType output_dtype = DType::f32;
-  Device output_device = Device::cpu;
-  // Called with the output's gradient; accumulates into the inputs' gradients.
+  std::shared_ptr<AutogradMeta> output;  // the gradient holder of the op's output
+  // Called with the output's gradient; accumulates into the inputs' gradients, whose holders
+  // (and any saved tensors) the closure captured itself.
   std::function<void(const Tensor& grad_output)> backward;
 };
 
