@@ -27,7 +27,7 @@ int cmd_eval(const cli::Args& args) {
                  "  document, or one per non-blank line with --split-lines, as in `kotoba prepare`) or .jsonl (one\n"
                  "  {\"text\": ...} document per line). Documents are tokenised and\n"
                  "  joined with the EOS token as `kotoba prepare` does, then cut into non-overlapping windows of\n"
-                 "  T tokens (default: the model's context); each token after a window's first is predicted once.\n"
+                 "  T tokens (default: the model's context, at most 2048); each token after a window's first is predicted once.\n"
                  "  --json prints {\"loss\", \"perplexity\", \"tokens\"} as the last line of stdout.\n";
     return 0;
   }
@@ -36,10 +36,10 @@ int cmd_eval(const cli::Args& args) {
   KOTOBA_CHECK(f.has("data"), "eval: --data FILE is required");
   set_num_threads(int(f.integer("threads", 0)));
   LoadedModel loaded = load_model_dir(f.positional()[0]);
-  nn::GPT2& model = *loaded.model;
-  const int64_t T = f.integer("seq", model.config().n_positions), B = f.integer("batch", 8);
-  KOTOBA_CHECK(T >= 1 && T <= model.config().n_positions, "eval: --seq must be in [1, n_positions = ",
-               model.config().n_positions, "], got ", T);
+  nn::CausalLM& model = *loaded.model;
+  const int64_t T = f.integer("seq", std::min<int64_t>(model.max_positions(), 2048)), B = f.integer("batch", 8);
+  KOTOBA_CHECK(T >= 1 && T <= model.max_positions(), "eval: --seq must be in [1, the model's context = ",
+               model.max_positions(), "], got ", T);
   KOTOBA_CHECK(B >= 1, "eval: --batch must be positive, got ", B);
 
   tokenizer::Tokenizer tok = tokenizer::Tokenizer::load(loaded.tokenizer_path);

@@ -84,7 +84,7 @@ int cmd_generate(const cli::Args& args) {
     KOTOBA_CHECK(eos.has_value(), "generate: --prompt is empty and the tokenizer has no EOS token to start from");
     prompt = {*eos};
   }
-  const int64_t context = loaded.config.n_positions;
+  const int64_t context = loaded.model->max_positions();
   KOTOBA_CHECK(int64_t(prompt.size()) <= context, "generate: --prompt is ", prompt.size(),
                " tokens, more than the model's context of ", context);
 

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/command.h"
+#include "io/json_util.h"
 #include "io/model_dir.h"
 #include "io/safetensors.h"
 
@@ -18,13 +19,43 @@ namespace fs = std::filesystem;
 
 namespace {
 
+// The weights a quantising loader (LLM.int8, QLoRA) quantises: the blocks' Linear layers, not
+// the embeddings, norms or LM head. GPT-2's are HF Conv1D (in, out), the LLaMA family's (out, in).
 bool is_linear_weight(const std::string& name) {
-  for (const char* s : {".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight"}) {
+  for (const char* s : {".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight",
+                        "_proj.weight"}) {
     std::string suffix = s;
     if (name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0)
       return true;
   }
   return false;
+}
+
+bool is_conv1d_layout(const std::string& name) { return name.find("_proj.weight") == std::string::npos; }
+
+std::string describe_architecture(const nn::CausalLM& model) {
+  char buf[512];
+  if (auto* gpt2 = dynamic_cast<const nn::GPT2*>(&model)) {
+    const nn::GPT2Config& c = gpt2->config();
+    std::snprintf(buf, sizeof buf, "GPT-2, %lld layers, n_embd %lld, %lld heads, context %lld, vocabulary %lld",
+                  (long long)c.n_layer, (long long)c.n_embd, (long long)c.n_head, (long long)c.n_positions,
+                  (long long)c.vocab_size);
+  } else if (auto* llama = dynamic_cast<const nn::Llama*>(&model)) {
+    const nn::LlamaConfig& c = llama->config();
+    const char* scaling[] = {"", ", linear RoPE scaling", ", llama3 RoPE scaling"};
+    std::snprintf(buf, sizeof buf,
+                  "%s, %lld layers, hidden %lld, %lld heads (%lld key/value heads, head_dim %lld), MLP %lld, "
+                  "context %lld, vocabulary %lld, rope_theta %g%s%s%s",
+                  c.model_type.c_str(), (long long)c.num_hidden_layers, (long long)c.hidden_size,
+                  (long long)c.num_attention_heads, (long long)c.num_key_value_heads, (long long)c.resolved_head_dim(),
+                  (long long)c.intermediate_size, (long long)c.max_position_embeddings, (long long)c.vocab_size,
+                  c.rope_theta, scaling[int(c.rope_scaling.type)],
+                  c.sliding_window > 0 ? (", sliding window " + std::to_string(c.sliding_window)).c_str() : "",
+                  c.tie_word_embeddings ? ", tied embeddings" : "");
+  } else {
+    std::snprintf(buf, sizeof buf, "%s", model.model_type().c_str());
+  }
+  return buf;
 }
 
 std::string human_bytes(double bytes) {
@@ -43,8 +74,9 @@ int cmd_info(const cli::Args& args) {
     std::cout << "kotoba info MODEL [--json]\n"
                  "  Architecture, parameter count and weight memory of the model directory MODEL at fp32,\n"
                  "  fp16/bf16, int8 and 4-bit NF4. Quantized sizes assume what LLM.int8 / QLoRA loaders do:\n"
-                 "  the Linear weights (c_attn, c_proj, c_fc) are quantized, embeddings, biases and norms stay\n"
-                 "  at 16 bits. With L = Linear weight elements, R = their output rows, O = the other elements:\n"
+                 "  the blocks' Linear weights (GPT-2's c_attn, c_proj, c_fc; the LLaMA family's *_proj) are\n"
+                 "  quantized, embeddings, biases, norms and the LM head stay at 16 bits.\n"
+                 "  With L = Linear weight elements, R = their output rows, O = the other elements:\n"
                  "    int8 (row-wise absmax)      L + 4 R + 2 O bytes\n"
                  "    NF4 (blocksize 64)          L/2 + 4 ceil(L/64) + 2 O bytes    (4.5 bits per weight)\n"
                  "    NF4 + double quantization   L/2 + ceil(L/64) + 4 ceil(L/64/256) + 2 O bytes (~4.13 bits)\n"
@@ -58,16 +90,19 @@ int cmd_info(const cli::Args& args) {
   KOTOBA_CHECK(fs::is_directory(dir), dir, ": not a model directory");
   std::string config_path = (fs::path(dir) / "config.json").string();
   std::string weights_path = (fs::path(dir) / "model.safetensors").string();
-  nn::GPT2Config config = read_gpt2_config(config_path);
+  const nlohmann::json config = json_util::read_json_file(config_path);
+  // Building the model checks the config the way loading it would; only the shapes are used.
+  const std::unique_ptr<nn::CausalLM> model = build_model(config, config_path);
   SafeTensors weights = load_safetensors(weights_path);  // memory-mapped: only the header is read here
+  const bool tied = config.value("tie_word_embeddings", model->model_type() == "gpt2");
 
   double linear = 0, linear_rows = 0, other = 0, nf4_blocks = 0, dq_groups = 0;
   for (auto& [name, t] : weights.tensors) {
-    if (name == "lm_head.weight") continue;  // tied to wte: the same memory
+    if (name == "lm_head.weight" && tied) continue;  // the embeddings' memory
     double n = double(t.numel());
     if (is_linear_weight(name) && t.ndim() == 2) {
       linear += n;
-      linear_rows += double(t.size(1));  // HF Conv1D (in, out): one scale per output feature
+      linear_rows += double(is_conv1d_layout(name) ? t.size(1) : t.size(0));  // one scale per output feature
       double blocks = std::ceil(n / 64.0);
       nf4_blocks += blocks;
       dq_groups += std::ceil(blocks / 256.0);
@@ -91,23 +126,17 @@ int cmd_info(const cli::Args& args) {
   if (f.has("json")) {
     nlohmann::json memory = nlohmann::json::object();
     for (const Row& r : rows) memory[r.name] = int64_t(std::llround(r.bytes));
-    nlohmann::json j{{"model_type", "gpt2"},
-                     {"vocab_size", config.vocab_size},
-                     {"n_positions", config.n_positions},
-                     {"n_embd", config.n_embd},
-                     {"n_layer", config.n_layer},
-                     {"n_head", config.n_head},
-                     {"parameters", int64_t(params)},
+    nlohmann::json j = config;
+    j.update(nlohmann::json{{"parameters", int64_t(params)},
                      {"linear_parameters", int64_t(linear)},
-                     {"memory_bytes", memory}};
+                     {"memory_bytes", memory}});
     std::cout << j.dump() << std::endl;
     return 0;
   }
-  std::printf("%s: GPT-2, %lld layers, n_embd %lld, %lld heads, context %lld, vocabulary %lld\n", dir.c_str(),
-              (long long)config.n_layer, (long long)config.n_embd, (long long)config.n_head,
-              (long long)config.n_positions, (long long)config.vocab_size);
-  std::printf("parameters: %lld (%.2fM; %lld in Linear weights, %lld in embeddings, biases and norms; LM head tied)\n\n",
-              (long long)params, params / 1e6, (long long)linear, (long long)other);
+  std::printf("%s: %s\n", dir.c_str(), describe_architecture(*model).c_str());
+  std::printf("parameters: %lld (%.2fM; %lld in Linear weights, %lld in embeddings, biases, norms%s)\n\n",
+              (long long)params, params / 1e6, (long long)linear, (long long)other,
+              tied ? "; LM head tied" : " and the LM head");
   std::printf("  %-24s %14s %12s %14s\n", "precision", "bytes", "size", "bits/param");
   for (const Row& r : rows)
     std::printf("  %-24s %14lld %12s %14.2f\n", r.name, (long long)std::llround(r.bytes), human_bytes(r.bytes).c_str(),

@@ -115,17 +115,18 @@ LogitsProcessorList make_logits_processors(const GenerationOptions& o) {
   return list;
 }
 
-GPT2Decoder::GPT2Decoder(nn::GPT2& model, bool use_kv_cache)
-    : model_(model), was_training_(model.training()), use_kv_cache_(use_kv_cache) {
+Decoder::Decoder(nn::CausalLM& model, bool use_kv_cache, int64_t capacity)
+    : model_(model),
+      was_training_(model.training()),
+      use_kv_cache_(use_kv_cache),
+      capacity_(capacity > 0 ? std::min(capacity, model.max_positions()) : model.max_positions()) {
   model_.eval();
-  if (use_kv_cache_) cache_ = model_.make_kv_cache(1);
+  if (use_kv_cache_) cache_ = model_.make_kv_cache(1, capacity_);
 }
 
-GPT2Decoder::~GPT2Decoder() { model_.train(was_training_); }
+Decoder::~Decoder() { model_.train(was_training_); }
 
-int64_t GPT2Decoder::max_length() const { return model_.config().n_positions; }
-
-std::vector<float> GPT2Decoder::feed(std::span<const int32_t> ids) {
+std::vector<float> Decoder::feed(std::span<const int32_t> ids) {
   KOTOBA_CHECK(!ids.empty(), "generate: nothing to feed the model");
   KOTOBA_CHECK(length_ + int64_t(ids.size()) <= max_length(), "generate: ", length_ + int64_t(ids.size()),
                " tokens exceed the model's context of ", max_length());
@@ -162,10 +163,10 @@ double GenerationResult::tokens_per_second() const {
   return seconds > 0 ? double(ids.size()) / seconds : 0.0;
 }
 
-GenerationResult generate(nn::GPT2& model, std::span<const int32_t> prompt, const GenerationOptions& options,
+GenerationResult generate(nn::CausalLM& model, std::span<const int32_t> prompt, const GenerationOptions& options,
                           const TokenCallback& on_token) {
   KOTOBA_CHECK(!prompt.empty(), "generate: the prompt is empty (give at least one token, e.g. the BOS/EOS id)");
-  const int64_t V = model.config().vocab_size;
+  const int64_t V = model.vocab_size();
   for (int32_t id : prompt)
     KOTOBA_CHECK(id >= 0 && id < V, "generate: prompt token ", id, " is outside the vocabulary of ", V);
   LogitsProcessorList processors = make_logits_processors(options);
@@ -174,7 +175,7 @@ GenerationResult generate(nn::GPT2& model, std::span<const int32_t> prompt, cons
 
   using clock = std::chrono::steady_clock;
   auto start = clock::now();
-  GPT2Decoder decoder(model, options.use_kv_cache);
+  Decoder decoder(model, options.use_kv_cache, int64_t(prompt.size()) + options.max_new_tokens);
   Generator gen(options.seed);
   std::vector<int32_t> context(prompt.begin(), prompt.end());
   std::vector<float> scores = decoder.feed(prompt);

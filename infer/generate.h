@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "core/rng.h"
-#include "nn/gpt2.h"
+#include "nn/causal_lm.h"
 
 namespace kotoba::infer {
 
@@ -95,24 +95,27 @@ LogitsProcessorList make_logits_processors(const GenerationOptions& options);
 // sequence when recomputing) and returns the next-token scores. Switches the model to eval mode
 // while it lives and records nothing on the tape. Beam search will hold one per beam group
 // (batch = beams) and reorder the cache rows.
-class GPT2Decoder {
+class Decoder {
  public:
-  GPT2Decoder(nn::GPT2& model, bool use_kv_cache);
-  ~GPT2Decoder();
-  GPT2Decoder(const GPT2Decoder&) = delete;
-  GPT2Decoder& operator=(const GPT2Decoder&) = delete;
+  // capacity: the most positions this sequence will reach (0: the model's context); the KV
+  // cache is sized to it, so a long-context model does not allocate its whole context.
+  Decoder(nn::CausalLM& model, bool use_kv_cache, int64_t capacity = 0);
+  ~Decoder();
+  Decoder(const Decoder&) = delete;
+  Decoder& operator=(const Decoder&) = delete;
 
   // Appends ids (the prompt first, then one chosen token at a time); returns the scores (V) of
   // the token that follows the last one.
   std::vector<float> feed(std::span<const int32_t> ids);
   int64_t length() const { return length_; }  // positions fed so far
-  int64_t max_length() const;                 // n_positions
+  int64_t max_length() const { return capacity_; }  // positions this decoder can hold
 
  private:
-  nn::GPT2& model_;
+  nn::CausalLM& model_;
   bool was_training_;
   bool use_kv_cache_;
-  nn::GPT2KVCache cache_;
+  int64_t capacity_;
+  nn::KVCache cache_;
   std::vector<int32_t> sequence_;  // recompute mode only
   int64_t length_ = 0;
 };
@@ -134,7 +137,7 @@ using TokenCallback = std::function<bool(int32_t id)>;
 
 // Continues `prompt` (at least one id) until an EOS id, max_new_tokens, the model's context
 // length or the callback says stop.
-GenerationResult generate(nn::GPT2& model, std::span<const int32_t> prompt, const GenerationOptions& options,
+GenerationResult generate(nn::CausalLM& model, std::span<const int32_t> prompt, const GenerationOptions& options,
                           const TokenCallback& on_token = {});
 
 }  // namespace kotoba::infer

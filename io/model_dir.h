@@ -1,6 +1,7 @@
-// The model directory every command after `pretrain` reads: model.safetensors (HF GPT-2 names
-// and layouts), config.json (HF GPT2Config keys), tokenizer.json and generation_config.json —
-// the layout transformers' GPT2LMHeadModel.from_pretrained and AutoTokenizer open as they are.
+// The model directory every command after `pretrain` reads: config.json (HF keys of the
+// architecture), model.safetensors (HF names and layouts), tokenizer.json and
+// generation_config.json — the layout transformers' from_pretrained and AutoTokenizer open as
+// they are. Architectures and their key/tensor maps live in io/hf_config.h.
 #pragma once
 #include <cstdint>
 #include <map>
@@ -11,7 +12,8 @@
 #include <nlohmann/json.hpp>
 
 #include "core/tensor.h"
-#include "nn/gpt2.h"
+#include "io/hf_config.h"
+#include "nn/causal_lm.h"
 
 namespace kotoba::tokenizer {
 class Tokenizer;
@@ -34,41 +36,30 @@ struct GenerationConfig {
 
 // A model directory read back: the model with its weights, its config and where its files are.
 struct LoadedModel {
-  std::unique_ptr<nn::GPT2> model;
-  nn::GPT2Config config;
+  std::unique_ptr<nn::CausalLM> model;
+  nlohmann::json config;  // config.json as read
   GenerationConfig generation;
   std::string dir;
   std::string tokenizer_path;  // <dir>/tokenizer.json
 };
 
-// config.json <-> GPT2Config. Reading checks every key it uses: a missing or mistyped key, a
-// model_type other than "gpt2" or a shape kotoba cannot build is an error naming `file` and key.
-nlohmann::json gpt2_config_to_json(const nn::GPT2Config& config);
-nn::GPT2Config gpt2_config_from_json(const nlohmann::json& json, const std::string& file);
-nn::GPT2Config read_gpt2_config(const std::string& config_json_path);
-
 nlohmann::json generation_config_to_json(const GenerationConfig& config);
 GenerationConfig generation_config_from_json(const nlohmann::json& json, const std::string& file);
-
-// GPT-2 weights in HF layout: the Conv1D weights (c_attn, c_proj, c_fc) transposed to (in, out),
-// copies; lm_head.weight left out (HF ties it to transformer.wte.weight).
-std::map<std::string, Tensor> gpt2_to_hf_tensors(const nn::GPT2& model);
-// Copies HF-layout tensors into `model`: every parameter must be present with its HF shape (an
-// extra lm_head.weight must equal wte, the tie); `file` names the source in errors.
-void load_gpt2_hf_tensors(nn::GPT2& model, const std::map<std::string, Tensor>& tensors, const std::string& file);
 
 // The number of tokens a tokenizer.json defines (highest id in model.vocab and added_tokens + 1).
 int64_t tokenizer_json_vocab_size(const std::string& tokenizer_json_path);
 
 // Writes the directory atomically: everything goes into a sibling temporary directory which is
 // then renamed over `dir` (an existing `dir` is replaced only once the new one is complete).
-// The tokenizer's vocabulary must match the model's vocab_size.
-void save_model_dir(const std::string& dir, const nn::GPT2& model, const std::string& tokenizer_json_path,
+// The tokenizer's vocabulary must fit the model's vocab_size (HF models may have more rows than
+// tokens; kotoba's own are saved with exactly as many).
+void save_model_dir(const std::string& dir, const nn::CausalLM& model, const std::string& tokenizer_json_path,
                     const GenerationConfig& generation = {});
-void save_model_dir(const std::string& dir, const nn::GPT2& model, const tokenizer::Tokenizer& tokenizer,
+void save_model_dir(const std::string& dir, const nn::CausalLM& model, const tokenizer::Tokenizer& tokenizer,
                     const GenerationConfig& generation = {});
 
-// Reads a model directory; errors name the file and the key or tensor at fault.
+// Reads a model directory of any supported architecture; errors name the file and the key or
+// tensor at fault.
 LoadedModel load_model_dir(const std::string& dir);
 
 // Replaces directory `to` by the complete directory `from` atomically where the filesystem can

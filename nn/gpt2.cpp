@@ -6,26 +6,6 @@
 
 namespace kotoba::nn {
 
-namespace {
-// Writes src (B, H, T, D), D contiguous, into cache (B, H, max_len, D) at positions
-// [start, start + T): one row copy per (batch, head, position).
-void write_cache_rows(const Tensor& cache, const Tensor& src, int64_t start) {
-  KOTOBA_CHECK(cache.device() == Device::cpu && src.device() == Device::cpu,
-               "GPT2: KV-cache decoding runs on the CPU for now");
-  KOTOBA_CHECK(cache.dtype() == src.dtype(), "GPT2: KV cache is ", dtype_name(cache.dtype()),
-               " but the model computes ", dtype_name(src.dtype()));
-  const int64_t B = src.size(0), H = src.size(1), T = src.size(2), D = src.size(3);
-  const size_t elt = dtype_bytes(src.dtype(), 1), row = elt * size_t(D);
-  const Shape &cs = cache.strides(), &ss = src.strides();
-  char* dst = static_cast<char*>(cache.raw());
-  const char* from = static_cast<const char*>(src.raw());
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t h = 0; h < H; ++h)
-      for (int64_t t = 0; t < T; ++t)
-        std::memcpy(dst + elt * size_t(b * cs[0] + h * cs[1] + (start + t) * cs[2]),
-                    from + elt * size_t(b * ss[0] + h * ss[1] + t * ss[2]), row);
-}
-}  // namespace
 
 GPT2Attention::GPT2Attention(const GPT2Config& c, Generator& gen)
     : c_attn(c.n_embd, 3 * c.n_embd, true, c.initializer_range, gen),
@@ -48,8 +28,8 @@ Tensor GPT2Attention::forward_cached(const Tensor& x, const Tensor& k_cache, con
   // qkv (B, T, 3C) seen as (B, T, 3H, D): q, k and v are (B, H, T, D) strided views of it.
   Tensor heads = c_attn.forward(x).contiguous().view_as_shape({B, T, 3 * H, D});
   auto part = [&](int64_t i) { return heads.slice_view(2, i * H, (i + 1) * H).transpose_view(1, 2); };
-  write_cache_rows(k_cache, part(1), start);
-  write_cache_rows(v_cache, part(2), start);
+  write_kv_rows(k_cache, part(1), start);
+  write_kv_rows(v_cache, part(2), start);
   // Keys [0, start + T); the kernel aligns the T queries with the last T keys (causal offset).
   Tensor k = k_cache.slice_view(2, 0, start + T), v = v_cache.slice_view(2, 0, start + T);
   Tensor y = scaled_dot_product_attention(part(0), k, v, /*causal=*/true);  // (B, H, T, D)
@@ -98,12 +78,12 @@ GPT2Config checked(const GPT2Config& c) {
 }  // namespace
 
 GPT2::GPT2(const GPT2Config& config)
-    : config_(checked(config)),
+    : CausalLM(config.seed ^ 0x5eedd20b0a7ull),
+      config_(checked(config)),
       init_gen_(config.seed),
       wte(config.vocab_size, config.n_embd, config.initializer_range, init_gen_),
       wpe(config.n_positions, config.n_embd, config.initializer_range, init_gen_),
-      ln_f(config.n_embd, config.layer_norm_epsilon),
-      dropout_gen_(config.seed ^ 0x5eedd20b0a7ull) {
+      ln_f(config.n_embd, config.layer_norm_epsilon) {
   for (int64_t i = 0; i < config.n_layer; ++i) h.push_back(std::make_unique<GPT2Block>(config_, init_gen_));
   transformer_.register_module("wte", wte);
   transformer_.register_module("wpe", wpe);
@@ -118,11 +98,8 @@ Tensor GPT2::hidden(const Tensor& ids) {
   int64_t T = ids.size(1);
   KOTOBA_CHECK(T >= 1 && T <= config_.n_positions, "GPT2: sequence length ", T, " is outside [1, n_positions = ",
                config_.n_positions, "]");
-  if (!positions_.defined() || positions_.numel() != T) {
-    positions_ = Tensor::empty({T}, DType::i32);
-    for (int64_t t = 0; t < T; ++t) positions_.data<int32_t>()[t] = int32_t(t);
-    if (wpe.weight.device() != Device::cpu) positions_ = to_device(positions_, wpe.weight.device());
-  }
+  if (!positions_.defined() || positions_.numel() != T || positions_.device() != wpe.weight.device())
+    positions_ = position_ids(0, T, wpe.weight.device());
   Tensor x = add(wte.forward(ids), wpe.forward(positions_));  // (B, T, C) + (T, C)
   x = dropout(x, config_.dropout, dropout_gen_, training());
   for (auto& block : h) x = block->forward(x, dropout_gen_);
@@ -131,39 +108,19 @@ Tensor GPT2::hidden(const Tensor& ids) {
 
 Tensor GPT2::logits(const Tensor& ids) { return linear(hidden(ids), wte.weight); }
 
-Tensor GPT2::loss(const Tensor& ids, const Tensor& targets) {
-  KOTOBA_CHECK(targets.shape() == ids.shape(), "GPT2: targets shape ", shape_str(targets.shape()),
-               " does not match ids shape ", shape_str(ids.shape()));
-  return cross_entropy(logits(ids), targets, -100, /*overwrite_logits=*/true);
-}
-
-GPT2KVCache GPT2::make_kv_cache(int64_t batch, int64_t max_len) const {
+KVCache GPT2::make_kv_cache(int64_t batch, int64_t max_len) const {
   if (max_len == 0) max_len = config_.n_positions;
   KOTOBA_CHECK(batch > 0 && max_len > 0 && max_len <= config_.n_positions, "GPT2: a KV cache needs batch > 0 and ",
                "max_len in [1, n_positions = ", config_.n_positions, "], got batch ", batch, ", max_len ", max_len);
-  const int64_t H = config_.n_head, D = config_.n_embd / H;
-  GPT2KVCache cache;
-  for (int64_t i = 0; i < config_.n_layer; ++i) {
-    cache.k.push_back(Tensor::empty({batch, H, max_len, D}, wte.weight.dtype(), wte.weight.device()));
-    cache.v.push_back(Tensor::empty({batch, H, max_len, D}, wte.weight.dtype(), wte.weight.device()));
-  }
-  return cache;
+  return allocate_kv_cache(config_.n_layer, batch, config_.n_head, max_len, config_.n_embd / config_.n_head,
+                           wte.weight);
 }
 
-Tensor GPT2::logits_cached(const Tensor& ids, GPT2KVCache& cache, bool last_only) {
+Tensor GPT2::logits_cached(const Tensor& ids, KVCache& cache, bool last_only) {
   NoGradGuard no_grad;
-  KOTOBA_CHECK(ids.ndim() == 2 && ids.dtype() == DType::i32, "GPT2: ids must be (B, T) i32, got ",
-               dtype_name(ids.dtype()), " ", shape_str(ids.shape()));
-  KOTOBA_CHECK(int64_t(cache.k.size()) == config_.n_layer && cache.v.size() == cache.k.size(),
-               "GPT2: the KV cache has ", cache.k.size(), " layers, the model ", config_.n_layer,
-               " (make it with make_kv_cache)");
-  const int64_t B = ids.size(0), T = ids.size(1), start = cache.length;
-  KOTOBA_CHECK(B == cache.batch(), "GPT2: ids hold ", B, " sequences but the KV cache was made for ", cache.batch());
-  KOTOBA_CHECK(T >= 1 && start + T <= cache.max_len() && start + T <= config_.n_positions, "GPT2: ", T,
-               " new positions after ", start, " cached ones exceed the KV cache's max_len ", cache.max_len(),
-               " (n_positions ", config_.n_positions, ")");
-  Tensor positions = Tensor::empty({T}, DType::i32);
-  for (int64_t t = 0; t < T; ++t) positions.data<int32_t>()[t] = int32_t(start + t);
+  check_cached_call(ids, cache, config_.n_layer, "GPT2");
+  const int64_t T = ids.size(1), start = cache.length;
+  Tensor positions = position_ids(start, T, wpe.weight.device());
   Tensor x = add(wte.forward(ids), wpe.forward(positions));  // (B, T, C) + (T, C)
   for (size_t i = 0; i < h.size(); ++i) x = h[i]->forward_cached(x, cache.k[i], cache.v[i], start);
   if (last_only) x = x.slice_view(1, T - 1, T).contiguous();

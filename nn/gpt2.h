@@ -6,6 +6,7 @@
 #include <memory>
 #include <vector>
 
+#include "nn/causal_lm.h"
 #include "nn/layers.h"
 
 namespace kotoba::nn {
@@ -22,16 +23,7 @@ struct GPT2Config {
   uint64_t seed = 1337;  // initialisation and dropout
 };
 
-// Keys and values of the positions seen so far, for incremental decoding: per layer, k and v
-// buffers (B, H, max_len, D) allocated once; positions [0, length) are filled.
-struct GPT2KVCache {
-  std::vector<Tensor> k, v;  // one per layer
-  int64_t length = 0;        // positions cached (the next token's position)
-
-  int64_t batch() const { return k.empty() ? 0 : k[0].size(0); }
-  int64_t max_len() const { return k.empty() ? 0 : k[0].size(2); }
-  void clear() { length = 0; }  // forget the sequence, keep the buffers
-};
+using GPT2KVCache = KVCache;
 
 class GPT2Attention : public Module {
  public:
@@ -68,7 +60,7 @@ class GPT2Block : public Module {
   GPT2MLP mlp;
 };
 
-class GPT2 : public Module {
+class GPT2 : public CausalLM {
   // Declared first: the members below are initialised from them.
   GPT2Config config_;
   Generator init_gen_;
@@ -76,24 +68,14 @@ class GPT2 : public Module {
  public:
   explicit GPT2(const GPT2Config& config);
 
-  // ids (B, T) i32 -> logits (B, T, V).
-  Tensor logits(const Tensor& ids);
-  // ids, targets (B, T) i32 -> mean next-token cross-entropy over targets != -100.
-  // The logits buffer is reused for their gradient: no (B, T, V) gradient is allocated.
-  Tensor loss(const Tensor& ids, const Tensor& targets);
-
-  // Incremental decoding (inference only: runs under its own NoGradGuard, no dropout).
-  // A cache for `batch` sequences of up to max_len positions (0: n_positions), on the
-  // parameters' device and dtype.
-  GPT2KVCache make_kv_cache(int64_t batch, int64_t max_len = 0) const;
-  // ids (B, T_new) i32 are positions [cache.length, cache.length + T_new): returns their logits
-  // (B, T_new, V) — or (B, 1, V) for the last one only when last_only — appends their keys and
-  // values to the cache and advances cache.length. Prefill with the prompt, then one token per
-  // call; the logits equal logits() of the whole sequence.
-  Tensor logits_cached(const Tensor& ids, GPT2KVCache& cache, bool last_only = false);
+  std::string model_type() const override { return "gpt2"; }
+  int64_t vocab_size() const override { return config_.vocab_size; }
+  int64_t max_positions() const override { return config_.n_positions; }
+  Tensor logits(const Tensor& ids) override;
+  KVCache make_kv_cache(int64_t batch, int64_t max_len = 0) const override;
+  Tensor logits_cached(const Tensor& ids, KVCache& cache, bool last_only = false) override;
 
   const GPT2Config& config() const { return config_; }
-  Generator& dropout_generator() { return dropout_gen_; }
 
   Embedding wte;  // (V, C), also the LM head
   Embedding wpe;  // (n_positions, C)
@@ -103,7 +85,6 @@ class GPT2 : public Module {
  private:
   Tensor hidden(const Tensor& ids);  // final-LayerNorm output (B, T, C)
   Module transformer_;               // the "transformer." prefix of HF names
-  Generator dropout_gen_;
   Tensor positions_;  // (T) i32, 0..T-1, cached for the last T
 };
 

@@ -39,7 +39,7 @@ Tensor checked_key_mask(const Tensor& key_mask, int64_t B, int64_t S, const char
 
 // q (B, H, T, D), k/v (B, Hkv, S, D) -> out (B, H, T, D); lse (B, H, T) f32 saved for the backward.
 Tensor scaled_dot_product_attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, bool causal,
-                                    const Tensor& key_mask_in, float scale) {
+                                    const Tensor& key_mask_in, float scale, int64_t window) {
   const char* op = "scaled_dot_product_attention";
   check_attention_input(q_in, op, "q", 4);
   check_attention_input(k_in, op, "k", 4);
@@ -54,6 +54,8 @@ Tensor scaled_dot_product_attention(const Tensor& q_in, const Tensor& k_in, cons
                op, ": q, k and v must share dtype and device");
   Tensor q = last_dim_contiguous(q_in), k = last_dim_contiguous(k_in), v = last_dim_contiguous(v_in);
   Tensor key_mask = checked_key_mask(key_mask_in, B, S, op);
+  KOTOBA_CHECK(window >= 0 && (window == 0 || causal), op, ": a sliding window must be >= 0 and needs causal, got ",
+               window, causal ? "" : " without causal");
   if (std::isnan(scale)) scale = 1.0f / std::sqrt(float(D));
   const DType dt = q.dtype();
   Tensor out = Tensor::empty({B, H, T, D}, dt, q.device());
@@ -61,14 +63,14 @@ Tensor scaled_dot_product_attention(const Tensor& q_in, const Tensor& k_in, cons
   AttentionForwardArgs fa{q.raw(), k.raw(), v.raw(), out.raw(), static_cast<float*>(lse.raw()),
                           strides4(q), strides4(k), strides4(v), strides4(out),
                           key_mask.defined() ? static_cast<const int32_t*>(key_mask.raw()) : nullptr,
-                          B, H, Hkv, T, S, D, scale, causal, dt};
+                          B, H, Hkv, T, S, D, scale, causal, dt, window};
   KOTOBA_DISPATCH(q.device(), attention_forward, fa);
 
   auto q_meta = q_in.autograd_meta(), k_meta = k_in.autograd_meta(), v_meta = v_in.autograd_meta();
   // Recomputes the scores tile by tile from q, k and lse (see ops/cpu/attention.cpp).
   return record(op, out, {&q_in, &k_in, &v_in},
-                [q, k, v, out, lse, key_mask, q_meta, k_meta, v_meta, B, H, Hkv, T, S, D, scale,
-                 causal](const Tensor& grad_in) {
+                [q, k, v, out, lse, key_mask, q_meta, k_meta, v_meta, B, H, Hkv, T, S, D, scale, causal,
+                 window](const Tensor& grad_in) {
                   Tensor dout = last_dim_contiguous(grad_in);
                   const DType dt = q.dtype();
                   GradTarget targets[3] = {grad_target(q_meta, q.shape(), dt, q.device()),
@@ -96,7 +98,7 @@ Tensor scaled_dot_product_attention(const Tensor& q_in, const Tensor& k_in, cons
                                            strides4(q), strides4(k), strides4(v), strides4(out), strides4(dout),
                                            strides_or(write[0], q), strides_or(write[1], k), strides_or(write[2], v),
                                            key_mask.defined() ? static_cast<const int32_t*>(key_mask.raw()) : nullptr,
-                                           B, H, Hkv, T, S, D, scale, causal, any_acc && !mixed, dt};
+                                           B, H, Hkv, T, S, D, scale, causal, any_acc && !mixed, dt, window};
                   KOTOBA_DISPATCH(q.device(), attention_backward, ba);
                   for (int i = 0; i < 3; ++i)
                     if (targets[i] && mixed && targets[i].accumulate) {

@@ -117,13 +117,16 @@ struct Strides4 {
 // Fused scaled-dot-product attention, flash style: no T x S score matrix is held beyond a
 // tile per thread. q (B, H, T, D), k/v (B, Hkv, S, D) with H % Hkv == 0 (grouped-query),
 // out (B, H, T, D); lse (B, H, T) f32 is the log-sum-exp of each score row, kept for the
-// backward. Causal masks key s > query t + (S - T). key_mask (B, S) i32, 1 keeps, may be null.
+// backward. Causal masks key s > query t + (S - T); a sliding window (window > 0, causal only)
+// also masks keys s <= t + (S - T) - window, so each query sees its last `window` keys (itself
+// included), as Mistral's. key_mask (B, S) i32, 1 keeps, may be null.
 struct AttentionForwardArgs {
   const void* q; const void* k; const void* v; void* out; float* lse;
   Strides4 q_strides, k_strides, v_strides, out_strides;
   const int32_t* key_mask;
   int64_t batch, heads, kv_heads, q_len, kv_len, head_dim;
   float scale; bool causal; DType dtype;
+  int64_t window = 0;
 };
 // Recomputes the scores tile by tile from q, k and lse. dq/dk/dv are written (=) with the
 // strides of q/k/v unless accumulate. Any of dq/dk/dv may be null (that gradient is not needed).
@@ -134,6 +137,7 @@ struct AttentionBackwardArgs {
   const int32_t* key_mask;
   int64_t batch, heads, kv_heads, q_len, kv_len, head_dim;
   float scale; bool causal; bool accumulate; DType dtype;
+  int64_t window = 0;  // as in AttentionForwardArgs
 };
 
 // Rotary embedding, rotate-half convention (HF LLaMA): x (N, H, D) with token n at position

@@ -4,6 +4,7 @@
 #pragma once
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include "core/rng.h"
 #include "core/tensor.h"
@@ -51,9 +52,12 @@ Tensor softmax(const Tensor& x);
 // ---- attention ----
 // q (B, H, T, D), k/v (B, Hkv, S, D), H % Hkv == 0 -> (B, H, T, D), any strides with D
 // contiguous. key_mask (B, S) i32 (1 = attend), may be undefined. scale defaults to 1/sqrt(D).
+// Causal aligns the T queries with the last T keys (query t is at key position t + S - T); a
+// sliding window > 0 (causal only) lets each query see only its last `window` keys, itself
+// included (Mistral's sliding_window).
 Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
                                     const Tensor& key_mask = Tensor(),
-                                    float scale = std::numeric_limits<float>::quiet_NaN());
+                                    float scale = std::numeric_limits<float>::quiet_NaN(), int64_t window = 0);
 // GPT-style packed projections: qkv (B, T, 3C) laid out [q | k | v], n_head heads of C/n_head
 // -> (B, T, C). Reads q, k, v in place and writes its gradient into one (B, T, 3C) buffer.
 Tensor attention_packed_qkv(const Tensor& qkv, int64_t n_head, bool causal, const Tensor& key_mask = Tensor());
@@ -62,6 +66,8 @@ Tensor attention_packed_qkv(const Tensor& qkv, int64_t n_head, bool causal, cons
 // (B, T) i32; cos/sin tables (max_pos, D/2) f32 from rope_tables().
 Tensor rope(const Tensor& x, const Tensor& positions, const Tensor& cos, const Tensor& sin);
 void rope_tables(int64_t max_pos, int64_t head_dim, float theta, Tensor& cos, Tensor& sin);
+// The same tables from given inverse frequencies (head_dim / 2 of them; e.g. scaled ones).
+void rope_tables_from_frequencies(int64_t max_pos, const std::vector<float>& inv_freq, Tensor& cos, Tensor& sin);
 
 // ---- losses ----
 // logits (N, V) (or (B, T, V)), targets (N) (or (B, T)) i32; mean over targets != ignore_index.

@@ -1,5 +1,6 @@
 // Differentiable rotary position embedding (rotate-half, as HF LLaMA) and its cos/sin tables.
 // The backward is the inverse rotation of the gradient, so nothing but positions is saved.
+#include <vector>
 #include <cmath>
 
 #include "ops/op_util.h"
@@ -76,20 +77,26 @@ Tensor rope(const Tensor& x, const Tensor& positions, const Tensor& cos, const T
 // cos/sin (max_pos, D/2) f32: angle(p, i) = p * inv_freq[i], inv_freq[i] = theta^(-2i/D), as HF
 // computes them (f32 inv_freq times f32 position, then cos/sin of that f32 angle).
 void rope_tables(int64_t max_pos, int64_t head_dim, float theta, Tensor& cos, Tensor& sin) {
-  KOTOBA_CHECK(max_pos > 0, "rope_tables: max_pos must be positive, got ", max_pos);
   KOTOBA_CHECK(head_dim > 0 && head_dim % 2 == 0, "rope_tables: head_dim must be positive and even, got ", head_dim);
   KOTOBA_CHECK(theta > 0.0f, "rope_tables: theta must be positive, got ", theta);
   const int64_t half = head_dim / 2;
-  cos = Tensor::empty({max_pos, half}, DType::f32, Device::cpu);
-  sin = Tensor::empty({max_pos, half}, DType::f32, Device::cpu);
   std::vector<float> inv_freq(static_cast<size_t>(half));
   for (int64_t i = 0; i < half; ++i)
     inv_freq[size_t(i)] = 1.0f / std::pow(theta, float(2 * i) / float(head_dim));  // f32 steps, as HF
+  rope_tables_from_frequencies(max_pos, inv_freq, cos, sin);
+}
+
+void rope_tables_from_frequencies(int64_t max_pos, const std::vector<float>& inv_freq, Tensor& cos, Tensor& sin) {
+  KOTOBA_CHECK(max_pos > 0, "rope_tables: max_pos must be positive, got ", max_pos);
+  KOTOBA_CHECK(!inv_freq.empty(), "rope_tables: no frequencies");
+  const int64_t half = int64_t(inv_freq.size());
+  cos = Tensor::empty({max_pos, half}, DType::f32, Device::cpu);
+  sin = Tensor::empty({max_pos, half}, DType::f32, Device::cpu);
   float* c = cos.data<float>();
   float* s = sin.data<float>();
   for (int64_t p = 0; p < max_pos; ++p)
     for (int64_t i = 0; i < half; ++i) {
-      const float angle = float(p) * inv_freq[size_t(i)];
+      const float angle = float(p) * inv_freq[size_t(i)];  // an f32 product, as HF's f32 matmul
       c[p * half + i] = float(std::cos(double(angle)));
       s[p * half + i] = float(std::sin(double(angle)));
     }

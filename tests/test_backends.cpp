@@ -465,10 +465,12 @@ void case_softmax_backward(Ctx& c) {
 struct AttnCase {
   int64_t B, H, Hkv, T, S, D;
   bool causal, masked;
+  int64_t window = 0;  // sliding window (Mistral)
 };
 const AttnCase kAttnCases[] = {
     {2, 4, 2, 37, 37, 64, true, true},   {1, 3, 3, 19, 53, 80, false, false}, {2, 2, 1, 9, 70, 32, true, false},
-    {1, 4, 4, 70, 70, 128, true, false}, {2, 2, 2, 33, 65, 96, false, true},
+    {1, 4, 4, 70, 70, 128, true, false}, {2, 2, 2, 33, 65, 96, false, true},  {2, 4, 2, 150, 150, 64, true, false, 37},
+    {1, 2, 2, 7, 90, 64, true, true, 20},
 };
 
 Strides4 contiguous4(int64_t H, int64_t T, int64_t D) { return {H * T * D, T * D, D}; }
@@ -490,14 +492,15 @@ void case_attention_forward(Ctx& c) {
     const float scale = 1.0f / std::sqrt(float(k.D));
     AttentionForwardArgs a{Q.h(), K.h(), V.h(), O.h(), L.h_as<float>(), qst, kst, kst, ost,
                            k.masked ? mask.h_as<int32_t>() : nullptr, k.B, k.H, k.Hkv, k.T, k.S, k.D, scale,
-                           k.causal, c.dt};
+                           k.causal, c.dt, k.window};
     cpu().attention_forward(a);
     a.q = Q.d(), a.k = K.d(), a.v = V.d(), a.out = O.d(), a.lse = L.d_as<float>();
     a.key_mask = k.masked ? mask.d_as<int32_t>() : nullptr;
     gpu().attention_forward(a);
     c.label = "attention_forward B=" + std::to_string(k.B) + " H=" + std::to_string(k.H) + " Hkv=" +
               std::to_string(k.Hkv) + " T=" + std::to_string(k.T) + " S=" + std::to_string(k.S) + " D=" +
-              std::to_string(k.D) + " causal=" + std::to_string(k.causal) + " mask=" + std::to_string(k.masked);
+              std::to_string(k.D) + " causal=" + std::to_string(k.causal) + " mask=" + std::to_string(k.masked) +
+              " window=" + std::to_string(k.window);
     expect_close(c, "out", O, tol_for(c.dt, {2e-5f, 2e-5f}, {1e-2f, 1e-2f}));
     expect_close(c, "lse", L, {2e-5f, 2e-5f});
   }
@@ -522,7 +525,7 @@ void case_attention_backward(Ctx& c) {
       const int32_t* dmask = k.masked ? mask.d_as<int32_t>() : nullptr;
       // The CPU forward's out and lse feed both backwards.
       AttentionForwardArgs f{Q.h(), K.h(), V.h(), O.h(), L.h_as<float>(), qst, kst, kst, ost, hmask, k.B, k.H,
-                             k.Hkv, k.T, k.S, k.D, scale, k.causal, c.dt};
+                             k.Hkv, k.T, k.S, k.D, scale, k.causal, c.dt, k.window};
       cpu().attention_forward(f);
       O.upload();
       L.upload();
@@ -533,7 +536,7 @@ void case_attention_backward(Ctx& c) {
       // dq takes q's strided layout; dk/dv and dout are contiguous.
       AttentionBackwardArgs a{Q.h(), K.h(), V.h(), O.h(), L.h_as<float>(), dO.h(), dQ.h(), dK.h(), dV.h(),
                               qst, kst, kst, ost, ost, qst, kst, kst, hmask, k.B, k.H, k.Hkv, k.T, k.S, k.D, scale,
-                              k.causal, acc, c.dt};
+                              k.causal, acc, c.dt, k.window};
       cpu().attention_backward(a);
       a.q = Q.d(), a.k = K.d(), a.v = V.d(), a.out = O.d(), a.lse = L.d_as<float>(), a.dout = dO.d();
       a.dq = dQ.d(), a.dk = dK.d(), a.dv = dV.d(), a.key_mask = dmask;
@@ -541,7 +544,7 @@ void case_attention_backward(Ctx& c) {
       c.label = "attention_backward B=" + std::to_string(k.B) + " H=" + std::to_string(k.H) + " Hkv=" +
                 std::to_string(k.Hkv) + " T=" + std::to_string(k.T) + " S=" + std::to_string(k.S) + " D=" +
                 std::to_string(k.D) + " causal=" + std::to_string(k.causal) + " mask=" + std::to_string(k.masked) +
-                " acc=" + std::to_string(acc);
+                " window=" + std::to_string(k.window) + " acc=" + std::to_string(acc);
       const Tol t = tol_for(c.dt, {1e-4f, 1e-4f}, {3e-2f, 2e-2f});
       expect_close(c, "dq", dQ, t);
       expect_close(c, "dk", dK, t);

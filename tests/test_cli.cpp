@@ -133,8 +133,13 @@ TEST_F(Cli, TruncatedCheckpointNamesTheFile) {
 TEST_F(Cli, TokenizerModelVocabularyMismatchNamesBothSizes) {
   ASSERT_EQ(kotoba("tokenizer train --input " + path("corpus.txt") + " --vocab-size 280 --out " + path("small.json")).code,
             0);
+  // A tokenizer with more tokens than the model has embedding rows cannot be its tokenizer (fewer
+  // is legal: HF models often pad their vocabulary). Here one added token has id 400.
+  auto large = nlohmann::json::parse(slurp(dir / "tok.json"));
+  large["added_tokens"].push_back({{"id", 400}, {"content", "<|extra|>"}, {"single_word", false}, {"lstrip", false},
+                                   {"rstrip", false}, {"normalized", false}, {"special", true}});
   fs::copy(dir / "run" / "model", dir / "model-mismatch", fs::copy_options::recursive);
-  fs::copy_file(dir / "small.json", dir / "model-mismatch" / "tokenizer.json", fs::copy_options::overwrite_existing);
+  write(dir / "model-mismatch" / "tokenizer.json", large.dump());
   CliRun r = kotoba("eval " + path("model-mismatch") + " --data " + path("corpus.txt"));
   expect_error(r, {"tokenizer.json", "vocab"});
   // Shards made with one tokenizer cannot train with another.

@@ -177,6 +177,8 @@ TEST_F(Gradcheck, Attention) {
       return scaled_dot_product_attention(x[0], x[1], x[2], causal, x.size() > 3 ? x[3] : Tensor());
     }, 60);
   }
+  gradcheck("sdpa sliding window 3", {normal({1, 4, 9, 8}), normal({1, 2, 9, 8}), normal({1, 2, 9, 8})}, all(3),
+            [](auto& x) { return scaled_dot_product_attention(x[0], x[1], x[2], true, Tensor(), 0.3f, 3); }, 63);
   gradcheck("attention_packed_qkv", {normal({2, 5, 3 * 8})}, all(1),
             [](auto& x) { return attention_packed_qkv(x[0], 2, true); }, 61);
   gradcheck("attention_packed_qkv bidir masked",

@@ -159,7 +159,7 @@ train::PretrainConfig tiny_run(const fs::path& out) {
                                .out = out.string()};
 }
 
-std::vector<float> logits_of(nn::GPT2& model, const std::vector<int32_t>& ids) {
+std::vector<float> logits_of(nn::CausalLM& model, const std::vector<int32_t>& ids) {
   NoGradGuard no_grad;
   model.eval();
   return model.logits(Tensor::from_vector_i32(ids, {1, int64_t(ids.size())})).to_vector();
@@ -202,7 +202,8 @@ TEST(ModelDir, RoundTripKeepsLogitsAndUsesHfLayout) {
   LoadedModel loaded = load_model_dir(dir.string());
   EXPECT_EQ(loaded.tokenizer_path, (dir / "tokenizer.json").string());
   EXPECT_EQ(loaded.generation.eos_token_id, 256);
-  EXPECT_EQ(loaded.config.n_layer, 2);
+  EXPECT_EQ(loaded.config.at("n_layer"), 2);
+  EXPECT_EQ(loaded.model->model_type(), "gpt2");
   std::vector<int32_t> ids = {1, 200, 33, 256, 7, 90, 100, 3};
   EXPECT_EQ(logits_of(model, ids), logits_of(*loaded.model, ids));
 
@@ -230,8 +231,10 @@ TEST(ModelDir, ConfigErrorsNameFileAndKey) {
   expect_error([&] { load_model_dir(dir.string()); }, {"config.json: key 'n_layer' is missing"});
   with([](json& c) { c["layer_norm_epsilon"] = "small"; });
   expect_error([&] { load_model_dir(dir.string()); }, {"config.json: key 'layer_norm_epsilon' must be a number"});
-  with([](json& c) { c["model_type"] = "llama"; });
-  expect_error([&] { load_model_dir(dir.string()); }, {"config.json", "llama"});
+  with([](json& c) { c["model_type"] = "bert"; });
+  expect_error([&] { load_model_dir(dir.string()); }, {"config.json", "model_type \"bert\" is not supported"});
+  with([](json& c) { c["model_type"] = "llama"; });  // GPT-2 keys are not LLaMA's
+  expect_error([&] { load_model_dir(dir.string()); }, {"config.json: key 'hidden_size' is missing"});
   with([](json& c) { c["n_head"] = 3; });
   expect_error([&] { load_model_dir(dir.string()); }, {"config.json", "n_embd (32) must be divisible by n_head (3)"});
   write_text(dir / "config.json", "{\"model_type\": \"gpt2\",");
@@ -242,9 +245,9 @@ TEST(ModelDir, ConfigErrorsNameFileAndKey) {
 
 TEST(ModelDir, VocabMismatchNamesBothSizes) {
   fs::path dir = scratch("model");
-  nn::GPT2 wrong(tiny_model(300));
+  nn::GPT2 wrong(tiny_model(200));  // fewer rows than tokens (more rows is legal: HF pads vocabularies)
   expect_error([&] { save_model_dir(dir.string(), wrong, fixture().tokenizer.string()); },
-               {"tokenizer.json has 257 tokens", "vocab_size", "300"});
+               {"tokenizer.json has 257 tokens", "vocab_size", "200"});
   EXPECT_FALSE(fs::exists(dir)) << "a failed save must leave nothing";
   for (auto& e : fs::directory_iterator(dir.parent_path()))
     EXPECT_EQ(e.path().filename().string().find(".tmp-"), std::string::npos) << "left behind: " << e.path();
@@ -252,10 +255,10 @@ TEST(ModelDir, VocabMismatchNamesBothSizes) {
   nn::GPT2 model(tiny_model());
   save_model_dir(dir.string(), model, fixture().tokenizer.string());
   json c = json::parse(read_text(dir / "config.json"));
-  c["vocab_size"] = 5000;
+  c["vocab_size"] = 100;
   write_text(dir / "config.json", c.dump());
   expect_error([&] { load_model_dir(dir.string()); },
-               {"tokenizer.json has 257 tokens but", "config.json vocab_size is 5000"});
+               {"tokenizer.json has 257 tokens but", "config.json vocab_size is 100"});
 }
 
 TEST(ModelDir, TensorErrorsNameFileAndTensor) {
@@ -263,7 +266,7 @@ TEST(ModelDir, TensorErrorsNameFileAndTensor) {
   nn::GPT2 model(tiny_model());
   save_model_dir(dir.string(), model, fixture().tokenizer.string());
   std::string weights = (dir / "model.safetensors").string();
-  std::map<std::string, Tensor> tensors = gpt2_to_hf_tensors(model);
+  std::map<std::string, Tensor> tensors = model_to_hf_tensors(model);
 
   auto missing = tensors;
   missing.erase("transformer.h.1.ln_2.bias");

@@ -149,15 +149,19 @@ void store_row(T* dst, const float* src, int64_t D, float mul, bool accumulate) 
 }
 
 // Sets masked scores of a transposed tile st (bk keys, nq queries; row stride ld) to -inf:
-// keys dropped by key_mask (row of B's mask at s0), and under `causal` keys s > t + offset.
+// keys dropped by key_mask (row of B's mask at s0), under `causal` keys s > t + offset, and
+// with a sliding window keys s <= t + offset - window.
 void mask_tile(float* st, int64_t ld, int64_t s0, int64_t bk, int64_t t0, int64_t nq, const int32_t* key_mask_row,
-               bool causal, int64_t offset) {
+               bool causal, int64_t offset, int64_t window) {
   for (int64_t r = 0; r < bk; ++r) {
     float* row = st + r * ld;
     int64_t masked_queries = 0;  // queries [t0, t0 + masked_queries) cannot see key s0 + r
     if (key_mask_row && key_mask_row[s0 + r] == 0) masked_queries = nq;
     else if (causal) masked_queries = min64(nq, max64(0, s0 + r - offset - t0));
     for (int64_t c = 0; c < masked_queries; ++c) row[c] = -kInf;
+    // queries t >= s + window - offset have moved past key s
+    if (window > 0)
+      for (int64_t c = max64(masked_queries, s0 + r + window - offset - t0); c < nq; ++c) row[c] = -kInf;
   }
 }
 
@@ -206,9 +210,11 @@ void attention_forward_impl(const AttentionForwardArgs& a) {
           m[c] = -kInf;
           l[c] = 0.0f;
         }
-        // keys visible to the last query of the block: s <= t0 + bq - 1 + offset
+        // keys visible to the last query of the block: s <= t0 + bq - 1 + offset; with a window,
+        // to the first query: s > t0 + offset - window
         const int64_t s_end = a.causal ? min64(S, t0 + bq + offset) : S;
-        for (int64_t s0 = 0; s0 < s_end; s0 += kBk) {
+        const int64_t s_begin = a.window > 0 ? max64(0, t0 + offset - a.window + 1) : 0;
+        for (int64_t s0 = s_begin; s0 < s_end; s0 += kBk) {
           const int64_t bk = min64(kBk, s_end - s0);
           const float* k_rows;
           int64_t k_stride;
@@ -226,8 +232,10 @@ void attention_forward_impl(const AttentionForwardArgs& a) {
           const int64_t delta = s0 - t0 - offset;
           // S^T (bk, nq) = K (bk, D) @ (scale Q)^T (D, nq)
           tile_gemm(bk, nq, D, k_rows, k_stride, 1, qt, kBq, st, kBq, false, tri_keys, delta);
-          if (mask_row || diagonal)
-            mask_tile(st, kBq, s0, bk, t0, nq, mask_row, a.causal, offset);
+          // the window's lower edge crosses the tile when its first key is outside the last query's window
+          const bool window_edge = a.window > 0 && s0 <= t0 + bq - 1 + offset - a.window;
+          if (mask_row || diagonal || window_edge)
+            mask_tile(st, kBq, s0, bk, t0, nq, mask_row, a.causal, offset, a.window);
           // online softmax, one query per lane: m' = max(m, max_s S), l' = l e^(m-m') + sum_s e^(S-m')
           for (int64_t c = 0; c < nq; c += kLanes) {
             Vec m_old = vload(m + c), m_new = m_old;
@@ -384,7 +392,10 @@ void attention_backward_impl(const AttentionBackwardArgs& a) {
           const int64_t bk = min64(kBk, S - s0);
           // the first query that sees key s0 is t = s0 - offset
           const int64_t first_block = a.causal ? max64(0, s0 - offset) / kBq : 0;
-          for (int64_t qb = first_block; qb < n_qblocks; ++qb) {
+          // and the last that sees key s0 + bk - 1 within a window is t = s0 + bk - 2 + window - offset
+          const int64_t end_block =
+              a.window > 0 ? min64(n_qblocks, max64(0, s0 + bk - 1 + a.window - offset) / kBq + 1) : n_qblocks;
+          for (int64_t qb = first_block; qb < end_block; ++qb) {
             const int64_t t0 = qb * kBq, bq = min64(kBq, T_ - t0), nq = round_up(bq, kLanes);
             // S^T (bk, nq) = K (scale Q)^T;  dP^T (bk, nq) = V dO^T
             const bool diagonal = a.causal && s0 + bk - 1 > t0 + offset;
@@ -394,8 +405,9 @@ void attention_backward_impl(const AttentionBackwardArgs& a) {
             const int64_t delta = s0 - t0 - offset;
             tile_gemm(bk, nq, D, k_rows + s0 * k_stride, k_stride, 1, qt + t0, Tq, st, kBq, false, tri_cols, delta);
             tile_gemm(bk, nq, D, v_rows + s0 * v_stride, v_stride, 1, dot + t0, Tq, dpt, kBq, false, tri_cols, delta);
-            if (mask_row || diagonal)
-              mask_tile(st, kBq, s0, bk, t0, nq, mask_row, a.causal, offset);
+            const bool window_edge = a.window > 0 && s0 <= t0 + bq - 1 + offset - a.window;
+            if (mask_row || diagonal || window_edge)
+              mask_tile(st, kBq, s0, bk, t0, nq, mask_row, a.causal, offset, a.window);
             for (int64_t r = 0; r < bk; ++r) {
               float* p_row = st + r * kBq;
               float* ds_row = dpt + r * kBq;

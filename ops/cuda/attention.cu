@@ -2,7 +2,8 @@
 // at a time in shared memory; the forward keeps a running max and sum per query row (online
 // softmax) and saves lse, from which the backward recomputes each probability tile.
 // q (B, H, T, D), k/v (B, Hkv, S, D) with any Strides4 (D contiguous), H % Hkv == 0 (GQA);
-// causal masks key s > t + (S - T); key_mask (B, S) i32, 1 keeps. head_dim <= 128.
+// causal masks key s > t + (S - T), a sliding window (> 0) also s <= t + (S - T) - window;
+// key_mask (B, S) i32, 1 keeps. head_dim <= 128.
 // Math is f32 on f32 or bf16 storage (SIMT FMA; a tensor-core path is the next step).
 // Four threads share a row: thread (row, lane4) owns columns lane4 + 4j of D and of the tile.
 // The backward runs two kernels that each recompute P, so neither needs atomics:
@@ -26,6 +27,7 @@ struct AttnShape {
   int64_t batch, heads, kv_heads, q_len, kv_len, head_dim;
   float scale;
   bool causal;
+  int64_t window;  // 0: none
 };
 
 // Loads rows [row0, row0 + rows) of one (b, h) slab into tile[rows][DMAX + 1] as f32; rows
@@ -46,6 +48,7 @@ __device__ __forceinline__ bool key_visible(int64_t t, int64_t s, const AttnShap
                                             int64_t b) {
   if (s >= sh.kv_len || t >= sh.q_len) return false;
   if (sh.causal && s > t + (sh.kv_len - sh.q_len)) return false;
+  if (sh.window > 0 && s <= t + (sh.kv_len - sh.q_len) - sh.window) return false;
   if (key_mask && key_mask[b * sh.kv_len + s] == 0) return false;
   return true;
 }
@@ -89,7 +92,9 @@ attention_forward_kernel(const T* __restrict__ q, const T* __restrict__ k, const
 
   int64_t kv_end = S;
   if (sh.causal) kv_end = min(S, q0 + kFwdRows + (S - sh.q_len));
-  for (int64_t k0 = 0; k0 < kv_end; k0 += kFwdKeys) {
+  // keys below the first row's window are invisible to the whole block
+  const int64_t kv_begin = sh.window > 0 ? max(int64_t(0), q0 + (S - sh.q_len) - sh.window + 1) : 0;
+  for (int64_t k0 = kv_begin; k0 < kv_end; k0 += kFwdKeys) {
     __syncthreads();  // the previous tile is no longer read
     load_tile<T, DMAX>(Ks, kb, ks.token, k0, kFwdKeys, S, D);
     load_tile<T, DMAX>(Vs, vb, vs.token, k0, kFwdKeys, S, D);
@@ -349,12 +354,12 @@ void allow_shared(Kernel kernel, size_t bytes) {
 }
 
 AttnShape shape_of(int64_t batch, int64_t heads, int64_t kv_heads, int64_t q_len, int64_t kv_len, int64_t head_dim,
-                   float scale, bool causal, const char* op) {
+                   float scale, bool causal, int64_t window, const char* op) {
   if (head_dim > 128 || head_dim < 1)
     fail(op, "head_dim must be in [1, 128] for the CUDA attention kernels", __FILE__, __LINE__);
   if (kv_heads < 1 || heads % kv_heads != 0)
     fail(op, "heads must be a multiple of kv_heads", __FILE__, __LINE__);
-  return AttnShape{batch, heads, kv_heads, q_len, kv_len, head_dim, scale, causal};
+  return AttnShape{batch, heads, kv_heads, q_len, kv_len, head_dim, scale, causal, window};
 }
 
 template <typename T, int DMAX>
@@ -407,7 +412,7 @@ void launch_backward(const AttentionBackwardArgs& a, const AttnShape& sh, const 
 void attention_forward(const AttentionForwardArgs& a) {
   if (a.batch == 0 || a.heads == 0 || a.q_len == 0) return;
   const AttnShape sh = shape_of(a.batch, a.heads, a.kv_heads, a.q_len, a.kv_len, a.head_dim, a.scale, a.causal,
-                                "attention_forward");
+                                a.window, "attention_forward");
   dispatch_float(a.dtype, "attention_forward", [&](auto tag) {
     using T = decltype(tag);
     if (a.head_dim <= 64) launch_forward<T, 64>(a, sh);
@@ -418,7 +423,7 @@ void attention_forward(const AttentionForwardArgs& a) {
 void attention_backward(const AttentionBackwardArgs& a) {
   if (a.batch == 0 || a.heads == 0 || a.q_len == 0 || a.kv_len == 0) return;
   const AttnShape sh = shape_of(a.batch, a.heads, a.kv_heads, a.q_len, a.kv_len, a.head_dim, a.scale, a.causal,
-                                "attention_backward");
+                                a.window, "attention_backward");
   const int64_t rows = a.batch * a.heads * a.q_len;
   Scratch delta(sizeof(float) * size_t(rows));
   dispatch_float(a.dtype, "attention_backward", [&](auto tag) {

@@ -105,8 +105,9 @@ def rms_norm(x, w, eps):
     return x * torch.rsqrt((x * x).mean(-1, keepdim=True) + eps) * w
 
 
-def attention(q, k, v, causal, key_mask=None, scale=None):
-    """q (B, H, T, D), k/v (B, Hkv, S, D); head h reads kv head h // (H / Hkv) (HF repeat_kv)."""
+def attention(q, k, v, causal, key_mask=None, scale=None, window=0):
+    """q (B, H, T, D), k/v (B, Hkv, S, D); head h reads kv head h // (H / Hkv) (HF repeat_kv).
+    window > 0: query t sees keys s with t' - window < s <= t' (t' = t + S - T), Mistral's mask."""
     B, H, T, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
     if scale is None:
@@ -119,6 +120,8 @@ def attention(q, k, v, causal, key_mask=None, scale=None):
         t = torch.arange(T)[:, None]
         s = torch.arange(S)[None, :]
         allowed = allowed & (s <= t + (S - T))
+        if window > 0:
+            allowed = allowed & (s > t + (S - T) - window)
     if key_mask is not None:
         allowed = allowed & key_mask.bool()[:, None, None, :]
     scores = scores.masked_fill(~allowed, float("-inf"))
@@ -150,7 +153,7 @@ def binary_bounds(fn):
     return bounds
 
 
-def attention_bound_parts(unit, q, k, v, dout, causal, key_mask, scale):
+def attention_bound_parts(unit, q, k, v, dout, causal, key_mask, scale, window=0):
     """Flash-style backward: dS = P (dP - rowsum(dO * O)) cancels. rowsum reads O as stored (one
     rounding, u) and both dot products of length D carry up to D * 2^-24 relative error."""
     B, H, T, D = q.shape
@@ -163,6 +166,8 @@ def attention_bound_parts(unit, q, k, v, dout, causal, key_mask, scale):
     allowed = torch.ones(B, 1, T, S, dtype=torch.bool)
     if causal:
         allowed = allowed & (torch.arange(S)[None, :] <= torch.arange(T)[:, None] + (S - T))
+        if window > 0:
+            allowed = allowed & (torch.arange(S)[None, :] > torch.arange(T)[:, None] + (S - T) - window)
     if key_mask is not None:
         allowed = allowed & key_mask.bool()[:, None, None, :]
     P = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
@@ -177,9 +182,9 @@ def attention_bound_parts(unit, q, k, v, dout, causal, key_mask, scale):
     return dq, dk
 
 
-def sdpa_bounds(causal, scale):
+def sdpa_bounds(causal, scale, window=0):
     def bounds(unit, weight, q, k, v, key_mask=None):
-        dq, dk = attention_bound_parts(unit, q, k, v, weight, causal, key_mask, scale)
+        dq, dk = attention_bound_parts(unit, q, k, v, weight, causal, key_mask, scale, window)
         return {"q": dq, "k": dk, "v": torch.zeros_like(v)}
     return bounds
 
@@ -369,8 +374,11 @@ def build(c):
         c.add("softmax", "x".join(map(str, shape)) + (f"_scale{int(scale)}" if scale != 1.0 else ""),
               {"x": d.normal(*shape, scale=scale)}, lambda x: torch.softmax(x, dim=-1), attrs)
 
-    # ---- attention: (B, H, Hkv, T, S, D, causal, masked, scale)
+    # ---- attention: (B, H, Hkv, T, S, D, causal, masked, scale[, window])
     sdpa_cases = [
+        (2, 4, 2, 150, 150, 16, True, False, None, 37),  # sliding window (Mistral), tiles it skips
+        (1, 2, 2, 5, 90, 16, True, True, None, 64),      # window against a cache, with a key mask
+        (1, 2, 2, 70, 70, 32, True, False, None, 1),     # window 1: each query sees itself
         (2, 2, 2, 7, 7, 16, True, False, None),
         (2, 2, 2, 7, 7, 16, False, False, None),
         (1, 4, 4, 70, 70, 32, True, False, None),
@@ -386,18 +394,23 @@ def build(c):
         (2, 2, 2, 20, 9, 16, False, False, None),      # cross-attention shape
         (1, 2, 2, 13, 13, 24, True, False, f32(0.3)),  # explicit scale
     ]
-    for B, H, Hkv, T, S, D, causal, masked, scale in sdpa_cases:
+    for B, H, Hkv, T, S, D, causal, masked, scale, *rest in sdpa_cases:
+        window = rest[0] if rest else 0
         inputs = {"q": d.normal(B, H, T, D), "k": d.normal(B, Hkv, S, D), "v": d.normal(B, Hkv, S, D)}
         if masked:
             inputs["key_mask"] = key_padding_mask(d, B, S)
         label = (f"B{B}_H{H}_Hkv{Hkv}_T{T}_S{S}_D{D}_" + ("causal" if causal else "bidir") +
-                 ("_mask" if masked else "") + (f"_scale{scale:.1f}" if scale else ""))
+                 ("_mask" if masked else "") + (f"_scale{scale:.1f}" if scale else "") +
+                 (f"_window{window}" if window else ""))
         attrs = {"causal": causal}
         if scale is not None:
             attrs["scale"] = scale
+        if window:
+            attrs["window"] = window
         c.add("scaled_dot_product_attention", label, inputs,
-              lambda q, k, v, key_mask=None, causal=causal, scale=scale: attention(q, k, v, causal, key_mask, scale),
-              attrs, bounds=sdpa_bounds(causal, scale))
+              lambda q, k, v, key_mask=None, causal=causal, scale=scale, window=window:
+                  attention(q, k, v, causal, key_mask, scale, window),
+              attrs, bounds=sdpa_bounds(causal, scale, window))
     for B, T, C, n_head, causal, masked in [(2, 7, 48, 3, True, False), (1, 70, 64, 4, True, False),
                                             (2, 33, 32, 2, False, True), (1, 130, 128, 2, True, False),
                                             (2, 1, 32, 4, True, False), (2, 20, 32, 2, True, True)]:

@@ -1,0 +1,64 @@
+// CausalLM: what every decoder-only language model offers the trainer, the generator and the
+// model-directory code — logits and loss for whole sequences, and incremental decoding with a
+// KV cache. GPT-2 (nn/gpt2.h) and the LLaMA family (nn/llama.h) implement it.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "nn/module.h"
+
+namespace kotoba::nn {
+
+// Keys and values of the positions seen so far, for incremental decoding: per layer, k and v
+// buffers (B, Hkv, max_len, D) allocated once; positions [0, length) are filled.
+struct KVCache {
+  std::vector<Tensor> k, v;  // one per layer
+  int64_t length = 0;        // positions cached (the next token's position)
+
+  int64_t batch() const { return k.empty() ? 0 : k[0].size(0); }
+  int64_t max_len() const { return k.empty() ? 0 : k[0].size(2); }
+  void clear() { length = 0; }  // forget the sequence, keep the buffers
+};
+
+class CausalLM : public Module {
+ public:
+  // HF's model_type of the architecture: "gpt2", "llama", "mistral", "qwen2".
+  virtual std::string model_type() const = 0;
+  virtual int64_t vocab_size() const = 0;
+  // The longest sequence the model accepts (positions [0, max_positions)).
+  virtual int64_t max_positions() const = 0;
+
+  // ids (B, T) i32 -> logits (B, T, V).
+  virtual Tensor logits(const Tensor& ids) = 0;
+  // ids, targets (B, T) i32 -> mean next-token cross-entropy over targets != -100. The logits
+  // buffer is reused for their gradient: no (B, T, V) gradient is allocated.
+  virtual Tensor loss(const Tensor& ids, const Tensor& targets);
+
+  // Incremental decoding (inference only: no dropout, nothing recorded). A cache for `batch`
+  // sequences of up to max_len positions (0: max_positions()), on the parameters' device/dtype.
+  virtual KVCache make_kv_cache(int64_t batch, int64_t max_len = 0) const = 0;
+  // ids (B, T_new) i32 are positions [cache.length, cache.length + T_new): returns their logits
+  // (B, T_new, V) — or (B, 1, V) for the last one only when last_only — appends their keys and
+  // values to the cache and advances cache.length. The logits equal logits() of the whole sequence.
+  virtual Tensor logits_cached(const Tensor& ids, KVCache& cache, bool last_only = false) = 0;
+
+  Generator& dropout_generator() { return dropout_gen_; }
+
+ protected:
+  explicit CausalLM(uint64_t dropout_seed) : dropout_gen_(dropout_seed) {}
+  // Checks ids (B, T) i32 and the cache before logits_cached; `model` names the caller in errors.
+  void check_cached_call(const Tensor& ids, const KVCache& cache, int64_t n_layers, const char* model) const;
+  // A cache of n_layers (batch, kv_heads, max_len, head_dim) buffers like `like`.
+  static KVCache allocate_kv_cache(int64_t n_layers, int64_t batch, int64_t kv_heads, int64_t max_len,
+                                   int64_t head_dim, const Tensor& like);
+  Generator dropout_gen_;
+};
+
+// Writes src (B, H, T, D), D contiguous, into cache (B, H, max_len, D) at positions
+// [start, start + T) (CPU).
+void write_kv_rows(const Tensor& cache, const Tensor& src, int64_t start);
+
+// (T) i32 positions start, start + 1, ..., start + T - 1 on `device`.
+Tensor position_ids(int64_t start, int64_t T, Device device);
+
+}  // namespace kotoba::nn
