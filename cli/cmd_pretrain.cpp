@@ -88,10 +88,9 @@ int cmd_pretrain(const cli::Args& args) {
                                    .log = [&](const std::string& line) { log_stream << line << std::endl; }};
   train::Pretrainer trainer(config, options);
   if (resume) trainer.resume();
-  const auto& mc = trainer.model().config();
-  log_stream << "model: GPT-2, " << mc.n_layer << " layers x " << mc.n_embd << " wide, " << mc.n_head << " heads, "
-             << "context " << mc.n_positions << ", vocabulary " << mc.vocab_size << ", "
-             << double(trainer.model().parameter_count()) / 1e6 << "M parameters; batch " << config.batch << " x "
+  log_stream << "model: " << config.arch << ", " << config.n_layer << " layers x " << config.n_embd << " wide, "
+             << config.n_head << " heads, context " << trainer.model().max_positions() << ", vocabulary "
+             << trainer.model().vocab_size() << ", " << double(trainer.model().parameter_count()) / 1e6 << "M parameters; batch " << config.batch << " x "
              << config.seq << " x " << config.grad_accum << " accumulated; " << num_threads() << " threads"
              << std::endl;
   train::PretrainResult result = trainer.run();

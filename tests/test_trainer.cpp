@@ -392,6 +392,44 @@ TEST(Pretrain, ResumeInProcessIsBitIdentical) {
   EXPECT_EQ(std::count(csv_full.begin(), csv_full.end(), '\n'), std::count(csv_split.begin(), csv_split.end(), '\n'));
 }
 
+// The LLaMA architecture trains through the same loop: the loss falls, an interrupted run
+// resumes bit-identically, and the model directory is an HF LlamaForCausalLM.
+TEST(Pretrain, LlamaLearnsAndResumesBitIdentically) {
+  auto llama_run = [](const fs::path& out) {
+    train::PretrainConfig c = tiny_run(out);
+    c.arch = "llama";
+    c.n_head = 4;
+    c.n_kv_head = 2;
+    c.dropout = 0.0;
+    return c;
+  };
+  fs::path full_out = scratch("llama_full"), split_out = scratch("llama_split");
+  train::Pretrainer full_trainer(llama_run(full_out), {.progress = false});
+  const double before = full_trainer.validation_loss();
+  train::PretrainResult full = full_trainer.run();
+  EXPECT_LT(full.val_loss, before - 0.5) << "twelve steps at lr 3e-3 should lower the validation loss";
+  train::Pretrainer(llama_run(split_out), {.progress = false}).run(6);
+  train::Pretrainer resumed(llama_run(split_out), {.progress = false});
+  resumed.resume();
+  train::PretrainResult rest = resumed.run();
+  EXPECT_EQ(rest.train_loss, full.train_loss) << "expected bit-identical, not merely close";
+  LoadedModel loaded = load_model_dir((full_out / "model").string());
+  EXPECT_EQ(loaded.model->model_type(), "llama");
+  EXPECT_EQ(loaded.config.at("architectures")[0], "LlamaForCausalLM");
+  EXPECT_EQ(loaded.config.at("num_key_value_heads"), 2);
+  std::vector<int32_t> ids = {116, 104, 101, 32, 99, 97, 116};
+  EXPECT_EQ(logits_of(full_trainer.model(), ids), logits_of(*loaded.model, ids));
+
+  train::PretrainConfig bad = llama_run(full_out);
+  bad.n_kv_head = 3;
+  expect_error([&] { train::validate_pretrain_config(bad); }, {"'n_head' (4) must be a multiple of 'n_kv_head' (3)"});
+  bad = llama_run(full_out);
+  bad.dropout = 0.1;
+  expect_error([&] { train::validate_pretrain_config(bad); }, {"'dropout' applies to arch gpt2"});
+  bad.arch = "bert";
+  expect_error([&] { train::validate_pretrain_config(bad); }, {"'arch' must be \"gpt2\" or \"llama\""});
+}
+
 TEST(Pretrain, ResumeRefusesChangedSettings) {
   fs::path out = scratch("run");
   train::Pretrainer(tiny_run(out), {.progress = false}).run(4);

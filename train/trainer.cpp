@@ -16,6 +16,8 @@
 
 #include "core/progress.h"
 #include "io/model_dir.h"
+#include "nn/gpt2.h"
+#include "nn/llama.h"
 #include "io/safetensors.h"
 #include "train/plot.h"
 
@@ -29,11 +31,15 @@ using nlohmann::json;
 std::span<const PretrainConfigField> pretrain_config_fields() {
   using C = PretrainConfig;
   static const PretrainConfigField fields[] = {
+      {"arch", &C::arch, "architecture: gpt2 or llama", true},
       {"n_layer", &C::n_layer, "transformer blocks", true},
       {"n_head", &C::n_head, "attention heads per block", true},
       {"n_embd", &C::n_embd, "model width", true},
       {"n_positions", &C::n_positions, "longest sequence the model accepts (0: = seq)", true},
-      {"dropout", &C::dropout, "dropout on embeddings and residual branches", true},
+      {"n_kv_head", &C::n_kv_head, "llama: key/value heads (0: = n_head)", true},
+      {"n_inner", &C::n_inner, "llama: MLP width (0: 8/3 n_embd, a multiple of 64)", true},
+      {"rope_theta", &C::rope_theta, "llama: rotary base", true},
+      {"dropout", &C::dropout, "gpt2: dropout on embeddings and residual branches", true},
       {"seq", &C::seq, "tokens per training window", true},
       {"batch", &C::batch, "windows per micro-batch", true},
       {"grad_accum", &C::grad_accum, "micro-batches per optimizer step", true},
@@ -118,6 +124,20 @@ void validate_pretrain_config(const PretrainConfig& c) {
   auto non_negative = [](double v, const char* name) {
     KOTOBA_CHECK(v >= 0, "pretrain config: '", name, "' must not be negative, got ", v);
   };
+  KOTOBA_CHECK(c.arch == "gpt2" || c.arch == "llama", "pretrain config: 'arch' must be \"gpt2\" or \"llama\", got \"",
+               c.arch, "\"");
+  if (c.arch == "gpt2") {
+    KOTOBA_CHECK(c.n_kv_head == 0 && c.n_inner == 0, "pretrain config: 'n_kv_head' and 'n_inner' apply to arch llama "
+                 "(GPT-2 has n_head key/value heads and a 4 n_embd MLP)");
+  } else {
+    KOTOBA_CHECK(c.dropout == 0, "pretrain config: 'dropout' applies to arch gpt2 (kotoba's LLaMA has none)");
+    KOTOBA_CHECK(c.n_kv_head >= 0 && c.n_inner >= 0, "pretrain config: 'n_kv_head' and 'n_inner' must not be negative");
+    KOTOBA_CHECK(c.n_head % (c.n_kv_head > 0 ? c.n_kv_head : c.n_head) == 0, "pretrain config: 'n_head' (", c.n_head,
+                 ") must be a multiple of 'n_kv_head' (", c.n_kv_head, ")");
+    KOTOBA_CHECK((c.n_embd / std::max<int64_t>(c.n_head, 1)) % 2 == 0, "pretrain config: the head size n_embd / n_head ",
+                 "must be even for rotary embeddings");
+    KOTOBA_CHECK(c.rope_theta > 0, "pretrain config: 'rope_theta' must be positive, got ", c.rope_theta);
+  }
   positive(c.n_layer, "n_layer");
   positive(c.n_head, "n_head");
   positive(c.n_embd, "n_embd");
@@ -254,14 +274,32 @@ Pretrainer::Pretrainer(PretrainConfig config, PretrainerOptions options)
       data::tokenizer_file_hash(config_.tokenizer) != train_data.index().tokenizer_hash && options_.log)
     options_.log("warning: " + config_.tokenizer + " is not byte-identical to the tokenizer.json '" + config_.data +
                  "' was prepared with (same vocabulary size, " + std::to_string(tokenizer_vocab_) + " tokens)");
-  nn::GPT2Config model_config{.vocab_size = tokenizer_vocab_,
-                              .n_positions = config_.n_positions > 0 ? config_.n_positions : config_.seq,
-                              .n_embd = config_.n_embd,
-                              .n_layer = config_.n_layer,
-                              .n_head = config_.n_head,
-                              .dropout = float(config_.dropout),
-                              .seed = uint64_t(config_.seed)};
-  model_ = std::make_unique<nn::GPT2>(model_config);
+  const int64_t context = config_.n_positions > 0 ? config_.n_positions : config_.seq;
+  if (config_.arch == "llama") {
+    nn::LlamaConfig mc;
+    mc.vocab_size = tokenizer_vocab_;
+    mc.hidden_size = config_.n_embd;
+    // SwiGLU's three matrices at 8/3 n_embd cost what GPT-2's two at 4 n_embd do
+    mc.intermediate_size = config_.n_inner > 0 ? config_.n_inner : (8 * config_.n_embd / 3 + 63) / 64 * 64;
+    mc.num_hidden_layers = config_.n_layer;
+    mc.num_attention_heads = config_.n_head;
+    mc.num_key_value_heads = config_.n_kv_head > 0 ? config_.n_kv_head : config_.n_head;
+    mc.max_position_embeddings = context;
+    mc.rms_norm_eps = 1e-5f;
+    mc.rope_theta = config_.rope_theta;
+    mc.tie_word_embeddings = true;  // small models: the embedding doubles as the head, as GPT-2's
+    mc.seed = uint64_t(config_.seed);
+    model_ = std::make_unique<nn::Llama>(mc);
+  } else {
+    nn::GPT2Config mc{.vocab_size = tokenizer_vocab_,
+                      .n_positions = context,
+                      .n_embd = config_.n_embd,
+                      .n_layer = config_.n_layer,
+                      .n_head = config_.n_head,
+                      .dropout = float(config_.dropout),
+                      .seed = uint64_t(config_.seed)};
+    model_ = std::make_unique<nn::GPT2>(mc);
+  }
   model_->train();
   optimizer_ = std::make_unique<AdamW>(model_->named_parameters(),
                                        AdamWConfig{.lr = float(config_.lr), .beta1 = float(config_.beta1),

@@ -15,7 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "data/token_dataset.h"
-#include "nn/gpt2.h"
+#include "nn/causal_lm.h"
 #include "train/optim.h"
 
 namespace kotoba::train {
@@ -23,12 +23,16 @@ namespace kotoba::train {
 // Every field is also a `kotoba pretrain` flag (underscores become dashes: --grad-accum) and a
 // key of the --config JSON file; pretrain_config_fields() is the one list both are made from.
 struct PretrainConfig {
-  // Model (GPT-2). vocab_size comes from the tokenizer.
+  // Model. vocab_size comes from the tokenizer.
+  std::string arch = "gpt2";  // "gpt2" or "llama" (RMSNorm, RoPE, SwiGLU, grouped-query attention)
   int64_t n_layer = 6;
   int64_t n_head = 6;
   int64_t n_embd = 384;
   int64_t n_positions = 0;  // longest sequence the model accepts; 0: equal to seq
-  double dropout = 0.0;     // on embeddings and residual branches
+  int64_t n_kv_head = 0;    // llama: key/value heads (0: = n_head)
+  int64_t n_inner = 0;      // llama: MLP width (0: 8/3 n_embd rounded up to a multiple of 64); gpt2: 4 n_embd
+  double rope_theta = 10000.0;  // llama
+  double dropout = 0.0;     // gpt2: on embeddings and residual branches
 
   // Batches: each optimizer step sees grad_accum micro-batches of batch windows of seq tokens.
   int64_t seq = 256;
@@ -119,7 +123,7 @@ class Pretrainer {
   double validation_loss();
   void save_checkpoint();
 
-  nn::GPT2& model() { return *model_; }
+  nn::CausalLM& model() { return *model_; }
   const PretrainConfig& config() const { return config_; }
   int64_t step() const { return step_; }
 
@@ -132,7 +136,7 @@ class Pretrainer {
   PretrainConfig config_;
   PretrainerOptions options_;
   int64_t tokenizer_vocab_ = 0;
-  std::unique_ptr<nn::GPT2> model_;
+  std::unique_ptr<nn::CausalLM> model_;
   std::unique_ptr<AdamW> optimizer_;
   std::unique_ptr<data::WindowSampler> train_sampler_;
   std::optional<data::TokenDataset> val_data_;
