@@ -110,6 +110,31 @@ TEST_P(HFModels, LogitsMatchTransformers) {
   EXPECT_LE(worst, 1e-4) << GetParam() << ": KV-cache logits differ from transformers' by up to " << worst;
 }
 
+// Training through the imported model: the loss and every parameter's gradient match
+// transformers' (both f32: 1e-5 relative on the loss, 1e-3 of each gradient's RMS + 1e-3
+// relative element-wise).
+TEST_P(HFModels, LossGradientsMatchTransformers) {
+  fs::path dir = case_dir(GetParam());
+  SafeTensors ref = load_safetensors((dir / "reference.safetensors").string());
+  LoadedModel loaded = load_model_dir(dir.string());
+  nn::CausalLM& model = *loaded.model;
+  model.train();
+  model.zero_grad();
+  Tensor loss = model.loss(ref.tensors.at("ids"), ref.tensors.at("targets"));
+  loss.backward();
+  const double got = loss.to_vector()[0], want = ref.tensors.at("loss").to_vector()[0];
+  EXPECT_NEAR(got, want, 1e-5 * std::abs(want)) << GetParam();
+  int checked = 0;
+  for (auto& [name, p] : model.named_parameters()) {
+    auto it = ref.tensors.find("grad." + name);
+    ASSERT_NE(it, ref.tensors.end()) << "no reference gradient for " << name;
+    kt::Comparison c = kt::compare_to_reference(p.grad(), it->second, {1e-3, 1e-3});
+    EXPECT_TRUE(c.ok) << GetParam() << " " << name << ": " << c.describe();
+    ++checked;
+  }
+  EXPECT_EQ(checked, int(model.named_parameters().size()));
+}
+
 TEST_P(HFModels, EvalLossMatchesTransformers) {
   fs::path dir = case_dir(GetParam());
   json want = json::parse(slurp(dir / "eval.json"));

@@ -129,9 +129,17 @@ def make(out_dir):
         tok.save(os.path.join(d, "tokenizer.json"))
         B, T = 2, 40
         ids = torch.randint(0, tok.get_vocab_size(), (B, T), generator=g)
-        with torch.no_grad():
-            logits = model(ids).logits.float()
-        save_file({"ids": ids.to(torch.int32), "logits": logits.contiguous()}, os.path.join(d, "reference.safetensors"))
+        targets = torch.randint(0, tok.get_vocab_size(), (B, T), generator=g)
+        targets[0, :3] = -100  # ignored positions
+        logits = model(ids).logits
+        loss = torch.nn.functional.cross_entropy(logits.reshape(B * T, -1), targets.reshape(-1), ignore_index=-100)
+        loss.backward()
+        tensors = {"ids": ids.to(torch.int32), "targets": targets.to(torch.int32),
+                   "logits": logits.detach().float().contiguous(), "loss": loss.detach().reshape(1)}
+        for name, p in model.named_parameters():  # kotoba's layouts: GPT-2's Conv1D transposed
+            grad = p.grad.t() if kind == "GPT2" and p.ndim == 2 and ".h." in name else p.grad
+            tensors["grad." + name] = grad.contiguous()
+        save_file(tensors, os.path.join(d, "reference.safetensors"))
         texts = [sentence(rng) + " " + sentence(rng) for _ in range(6)]
         with open(os.path.join(d, "eval.jsonl"), "w") as f:
             for t in texts:
