@@ -263,7 +263,7 @@ TEST(Tokenizer, MalformedTokenizerJsonNamesTheField) {
       {[](json& j) { j["model"]["vocab"]["Ġ"] = "seven"; }, "model.vocab[\"Ġ\"]"},
       {[](json& j) { j["added_tokens"][0].erase("content"); }, "added_tokens[0].content"},
       {[](json& j) { j["pre_tokenizer"] = {{"type", "Whitespace"}}; }, "pre_tokenizer.type"},
-      {[](json& j) { j["normalizer"] = {{"type", "NFC"}}; }, "normalizer"},
+      {[](json& j) { j["normalizer"] = {{"type", "Lowercase"}}; }, "normalizer.type"},
       {[](json& j) { j["model"]["vocab"].erase("!"); }, "model"},
   };
   for (size_t i = 0; i < cases.size(); ++i) {

@@ -1,5 +1,6 @@
-// Byte-level BPE (GPT-2 style): the merge table and encoder, the trainer (parallel word
-// counting, then merges with incremental pair counts), decoding, and HF tokenizer.json I/O.
+// Tokenizer: the BPE encoder (byte-level and character-level with byte fallback) behind HF's
+// pipeline of added tokens, normalizer, pre-tokenizer, model and post-processor; decoding; and
+// the byte-level trainer (parallel word counting, then merges with incremental pair counts).
 #include "tokenizer/tokenizer.h"
 
 #include <algorithm>
@@ -20,127 +21,97 @@
 #include "core/atomic_file.h"
 #include "core/error.h"
 #include "tokenizer/pretokenize.h"
+#include "tokenizer/tokenizer_impl.h"
+#include "tokenizer/unicode_norm.h"
 
 namespace kotoba::tokenizer {
+
+namespace internal {
+
+std::atomic<uint64_t> next_serial{1};
+
+std::string utf8_encode(char32_t cp) {
+  std::string s;
+  if (cp < 0x80) {
+    s += char(cp);
+  } else if (cp < 0x800) {
+    s += char(0xC0 | (cp >> 6));
+    s += char(0x80 | (cp & 0x3F));
+  } else if (cp < 0x10000) {
+    s += char(0xE0 | (cp >> 12));
+    s += char(0x80 | ((cp >> 6) & 0x3F));
+    s += char(0x80 | (cp & 0x3F));
+  } else {
+    s += char(0xF0 | (cp >> 18));
+    s += char(0x80 | ((cp >> 12) & 0x3F));
+    s += char(0x80 | ((cp >> 6) & 0x3F));
+    s += char(0x80 | (cp & 0x3F));
+  }
+  return s;
+}
+
+ByteAlphabet::ByteAlphabet() {
+  int next = 256;
+  for (int b = 0; b < 256; ++b) {
+    bool printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
+    to_cp[size_t(b)] = printable ? char32_t(b) : char32_t(next++);
+    from_cp[to_cp[size_t(b)]] = uint8_t(b);
+    to_utf8[size_t(b)] = utf8_encode(to_cp[size_t(b)]);
+  }
+}
+
+std::string ByteAlphabet::encode(std::string_view bytes) const {
+  std::string s;
+  for (unsigned char b : bytes) s += to_utf8[b];
+  return s;
+}
+
+std::optional<std::string> ByteAlphabet::decode(std::string_view token) const {
+  std::string out;
+  const auto* s = reinterpret_cast<const unsigned char*>(token.data());
+  for (size_t i = 0; i < token.size();) {
+    size_t len = 0;
+    char32_t cp = detail::decode_utf8(s + i, len);
+    auto it = from_cp.find(cp);
+    if (it == from_cp.end()) return std::nullopt;
+    out += char(it->second);
+    i += len;
+  }
+  return out;
+}
+
+const ByteAlphabet& alphabet() {
+  static const ByteAlphabet a;
+  return a;
+}
+
+void PairTable::build(const std::vector<std::pair<int32_t, int32_t>>& merges, const std::vector<int32_t>& merged) {
+  size_t cap = 16;
+  while (cap < merges.size() * 2 + 16) cap <<= 1;
+  keys_.assign(cap, kNoMerge);
+  vals_.assign(cap, kNoMerge);
+  mask_ = cap - 1;
+  for (size_t r = 0; r < merges.size(); ++r) {
+    uint64_t key = pair_key(merges[r].first, merges[r].second);
+    size_t slot = hash(key);
+    while (keys_[slot] != kNoMerge && keys_[slot] != key) slot = (slot + 1) & mask_;
+    if (keys_[slot] == key) continue;  // a repeated merge keeps its first (lowest) rank
+    keys_[slot] = key;
+    vals_[slot] = uint64_t(r) << 32 | uint32_t(merged[r]);
+  }
+}
+
+}  // namespace internal
+
+using namespace internal;
 
 namespace {
 
 using nlohmann::json;
 using nlohmann::ordered_json;
 
-// GPT-2's byte-to-unicode map: printable Latin-1 bytes stand for themselves, the other 68
-// bytes take the code points from U+0100 upwards in byte order, so every token is printable.
-struct ByteAlphabet {
-  std::array<char32_t, 256> to_cp{};
-  std::array<std::string, 256> to_utf8;
-  std::unordered_map<char32_t, uint8_t> from_cp;
-  ByteAlphabet() {
-    int next = 256;
-    for (int b = 0; b < 256; ++b) {
-      bool printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
-      to_cp[size_t(b)] = printable ? char32_t(b) : char32_t(next++);
-      from_cp[to_cp[size_t(b)]] = uint8_t(b);
-      to_utf8[size_t(b)] = utf8(to_cp[size_t(b)]);
-    }
-  }
-  static std::string utf8(char32_t cp) {
-    std::string s;
-    if (cp < 0x80) {
-      s += char(cp);
-    } else if (cp < 0x800) {
-      s += char(0xC0 | (cp >> 6));
-      s += char(0x80 | (cp & 0x3F));
-    } else if (cp < 0x10000) {
-      s += char(0xE0 | (cp >> 12));
-      s += char(0x80 | ((cp >> 6) & 0x3F));
-      s += char(0x80 | (cp & 0x3F));
-    } else {
-      s += char(0xF0 | (cp >> 18));
-      s += char(0x80 | ((cp >> 12) & 0x3F));
-      s += char(0x80 | ((cp >> 6) & 0x3F));
-      s += char(0x80 | (cp & 0x3F));
-    }
-    return s;
-  }
-  // Raw bytes to the token string stored in tokenizer.json ("Ġthe" for " the").
-  std::string encode(std::string_view bytes) const {
-    std::string s;
-    for (unsigned char b : bytes) s += to_utf8[b];
-    return s;
-  }
-  // Token string (valid UTF-8) back to raw bytes; nullopt when a character is outside the alphabet.
-  std::optional<std::string> decode(std::string_view token) const {
-    std::string out;
-    const auto* s = reinterpret_cast<const unsigned char*>(token.data());
-    for (size_t i = 0; i < token.size();) {
-      size_t len = 0;
-      char32_t cp = detail::decode_utf8(s + i, len);
-      auto it = from_cp.find(cp);
-      if (it == from_cp.end()) return std::nullopt;
-      out += char(it->second);
-      i += len;
-    }
-    return out;
-  }
-};
-const ByteAlphabet& alphabet() {
-  static const ByteAlphabet a;
-  return a;
-}
-
-constexpr uint64_t kNoMerge = ~0ull;
-inline uint64_t pair_key(int32_t a, int32_t b) { return uint64_t(uint32_t(a)) << 32 | uint32_t(b); }
-
-// (left id, right id) -> (rank << 32 | merged id), open addressing: the encoder's hot lookup.
-class PairTable {
- public:
-  void build(const std::vector<std::pair<int32_t, int32_t>>& merges, const std::vector<int32_t>& merged) {
-    size_t cap = 16;
-    while (cap < merges.size() * 2 + 16) cap <<= 1;
-    keys_.assign(cap, kNoMerge);
-    vals_.assign(cap, kNoMerge);
-    mask_ = cap - 1;
-    for (size_t r = 0; r < merges.size(); ++r) {
-      uint64_t key = pair_key(merges[r].first, merges[r].second);
-      size_t slot = hash(key);
-      while (keys_[slot] != kNoMerge && keys_[slot] != key) slot = (slot + 1) & mask_;
-      if (keys_[slot] == key) continue;  // a repeated merge keeps its first (lowest) rank
-      keys_[slot] = key;
-      vals_[slot] = uint64_t(r) << 32 | uint32_t(merged[r]);
-    }
-  }
-  uint64_t find(int32_t a, int32_t b) const {
-    if (keys_.empty()) return kNoMerge;
-    uint64_t key = pair_key(a, b);
-    for (size_t slot = hash(key);; slot = (slot + 1) & mask_) {
-      if (keys_[slot] == key) return vals_[slot];
-      if (keys_[slot] == kNoMerge) return kNoMerge;
-    }
-  }
-
- private:
-  size_t hash(uint64_t key) const { return size_t((key * 0x9E3779B97F4A7C15ull) >> 20) & mask_; }
-  std::vector<uint64_t> keys_, vals_;
-  size_t mask_ = 0;
-};
-
-struct StringHash {
-  using is_transparent = void;
-  size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
-};
-
-// Per-thread cache of encoded words; keyed by the owning tokenizer's serial so that a new
-// tokenizer at a recycled address never sees another's entries.
-struct WordCache {
-  uint64_t owner = 0;
-  std::unordered_map<std::string, std::vector<int32_t>, StringHash, std::equal_to<>> words;
-};
 constexpr size_t kCacheMaxWordBytes = 64;
 constexpr size_t kCacheMaxEntries = 1 << 16;
-std::atomic<uint64_t> next_serial{1};
-
-const char* const kGpt2Pattern =
-    "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
 
 void check_utf8(std::string_view text, const std::string& where, size_t base_offset = 0) {
   size_t bad = find_invalid_utf8(text);
@@ -174,241 +145,534 @@ void run_parallel(int threads, const std::function<void(int)>& body) {
     if (e) std::rethrow_exception(e);
 }
 
+size_t step_back(std::string_view t, size_t i) {
+  do --i;
+  while (i > 0 && (static_cast<unsigned char>(t[i]) & 0xC0) == 0x80);
+  return i;
+}
+CharClass class_at(std::string_view t, size_t i) {
+  size_t len = 0;
+  return detail::class_at(reinterpret_cast<const unsigned char*>(t.data()) + i, len);
+}
+size_t char_length(std::string_view t, size_t i) {
+  size_t len = 0;
+  detail::decode_utf8(reinterpret_cast<const unsigned char*>(t.data()) + i, len);
+  return len;
+}
+// Rust's char::is_alphanumeric, which HF's single_word test uses, approximated by L*/N*.
+bool is_word_char(CharClass c) { return c == CharClass::letter || c == CharClass::number; }
+
+std::string replace_all(std::string_view text, std::string_view from, std::string_view to) {
+  if (from.empty()) return std::string(text);
+  std::string out;
+  size_t pos = 0;
+  for (size_t at; (at = text.find(from, pos)) != std::string_view::npos; pos = at + from.size()) {
+    out.append(text.substr(pos, at - pos));
+    out.append(to);
+  }
+  out.append(text.substr(pos));
+  return out;
+}
+
+// "<0xAB>" -> 0xAB, as HF's ByteFallback decoder reads it (Rust's u8::from_str_radix, which
+// also takes a leading '+').
+std::optional<uint8_t> byte_token_value(std::string_view token) {
+  if (token.size() != 6 || token.substr(0, 3) != "<0x" || token[5] != '>') return std::nullopt;
+  auto hex = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+  };
+  int hi = hex(token[3]), lo = hex(token[4]);
+  if (token[3] == '+' && lo >= 0) return uint8_t(lo);
+  if (hi < 0 || lo < 0) return std::nullopt;
+  return uint8_t(hi * 16 + lo);
+}
+
+// A file's normalizer or decoder may chain replacements that each grow the text (a -> aa, forty
+// times); real ones stay within a small factor (NFKD's largest expansion is 18 characters).
+void check_growth(size_t before, size_t after, const char* what) {
+  KOTOBA_CHECK(after <= 32 * before + 1024, "tokenizer: the ", what, " grows ", before, " bytes to ", after,
+               " (more than 32-fold); the tokenizer file's ", what, " is not usable");
+}
+
 }  // namespace
 
-struct Tokenizer::Impl {
-  struct Added {
-    std::string content;
-    int32_t id = 0;
-    bool special = true, lstrip = false, rstrip = false, normalized = false;
+std::string Tokenizer::Impl::normalize(std::string_view text) const {
+  std::string normalized(text);
+  for (const NormalizerStep& step : normalizer) {
+    normalized = apply_normalizer(step, normalized);
+    check_growth(text.size(), normalized.size(), "normalizer");
+  }
+  return normalized;
+}
+
+// Fills the derived tables once tokens, merges and added are set.
+void Tokenizer::Impl::finalize(const std::string& where) {
+  const ByteAlphabet& ab = alphabet();
+  token_ids.clear();
+  bytes_ids.clear();
+  token_bytes.assign(tokens.size(), {});
+  std::vector<char> is_added(tokens.size(), 0);
+  for (const Added& a : added) is_added[size_t(a.id)] = 1;
+  for (size_t id = 0; id < tokens.size(); ++id) {
+    token_ids.emplace(tokens[id], int32_t(id));
+    if (!byte_level) continue;
+    // As HF's ByteLevel decoder, added tokens included: a token with a character outside the
+    // alphabet decodes raw, any other through the alphabet.
+    auto raw = ab.decode(tokens[id]);
+    token_bytes[id] = raw ? *raw : tokens[id];
+    if (!is_added[id] || in_model_vocab[id]) bytes_ids.emplace(token_bytes[id], int32_t(id));
+  }
+  auto model_id = [&](const std::string& token) -> int32_t {
+    auto it = token_ids.find(token);
+    return it != token_ids.end() && in_model_vocab[size_t(it->second)] ? it->second : -1;
   };
-
-  std::vector<std::string> tokens;       // id -> stored token string
-  std::vector<std::string> token_bytes;  // id -> the bytes it decodes to
-  std::vector<char> in_model_vocab;      // id -> listed in model.vocab (else only in added_tokens)
-  std::unordered_map<std::string, int32_t, StringHash, std::equal_to<>> token_ids;
-  std::unordered_map<std::string, int32_t, StringHash, std::equal_to<>> bytes_ids;  // ignore_merges
-  std::vector<std::pair<int32_t, int32_t>> merges;  // by rank
-  PairTable merge_table;
-  std::array<int32_t, 256> byte_ids{};
-  std::vector<Added> added;  // in file order
-  std::vector<size_t> added_by_length;  // indices into `added`, longest first
-  bool add_prefix_space = false, ignore_merges = false;
-  std::optional<int32_t> unk_id;
-  // Sections of a loaded file kotoba does not interpret, written back unchanged on save.
-  json post_processor = nullptr, truncation = nullptr, padding = nullptr;
-  json pre_tokenizer_json, decoder_json;
-  uint64_t serial = next_serial++;
-
-  // Fills the derived tables once tokens, merges and added are set.
-  void finalize(const std::string& where) {
-    const ByteAlphabet& ab = alphabet();
-    token_ids.clear();
-    bytes_ids.clear();
-    token_bytes.assign(tokens.size(), {});
-    std::vector<char> is_added(tokens.size(), 0);
-    for (const Added& a : added) is_added[size_t(a.id)] = 1;
-    for (size_t id = 0; id < tokens.size(); ++id) {
-      token_ids.emplace(tokens[id], int32_t(id));
-      if (is_added[id]) {
-        token_bytes[id] = tokens[id];
-      } else {
-        // As HF's ByteLevel decoder: a token with a character outside the alphabet decodes raw.
-        auto raw = ab.decode(tokens[id]);
-        token_bytes[id] = raw ? *raw : tokens[id];
-      }
-      bytes_ids.emplace(token_bytes[id], int32_t(id));
-    }
-    for (int b = 0; b < 256; ++b) {
+  for (int b = 0; b < 256; ++b) {
+    if (byte_level) {
       auto it = token_ids.find(ab.to_utf8[size_t(b)]);
       byte_ids[size_t(b)] = it == token_ids.end() ? -1 : it->second;
-    }
-    std::vector<int32_t> merged(merges.size());
-    for (size_t r = 0; r < merges.size(); ++r) {
-      auto it = token_ids.find(tokens[size_t(merges[r].first)] + tokens[size_t(merges[r].second)]);
-      KOTOBA_CHECK(it != token_ids.end(), where, ": field model.merges[", r, "]: '", tokens[size_t(merges[r].first)],
-                   tokens[size_t(merges[r].second)], "' (the merged token) is not in model.vocab");
-      merged[r] = it->second;
-    }
-    merge_table.build(merges, merged);
-    added_by_length.resize(added.size());
-    for (size_t i = 0; i < added.size(); ++i) added_by_length[i] = i;
-    std::stable_sort(added_by_length.begin(), added_by_length.end(),
-                     [&](size_t x, size_t y) { return added[x].content.size() > added[y].content.size(); });
-    serial = next_serial++;
-  }
-
-  // BPE on one pre-token: byte symbols, then the lowest-rank adjacent pair (leftmost on ties)
-  // merged until none is in the table — HF's order, which a heap gives for long words.
-  void encode_word(std::string_view word, std::vector<int32_t>& out, WordCache& cache) const {
-    if (word.size() <= kCacheMaxWordBytes) {
-      auto it = cache.words.find(word);
-      if (it != cache.words.end()) {
-        out.insert(out.end(), it->second.begin(), it->second.end());
-        return;
-      }
-    }
-    size_t first = out.size();
-    if (ignore_merges) {
-      auto it = bytes_ids.find(word);
-      if (it != bytes_ids.end() && it->second < int32_t(in_model_vocab.size()) && in_model_vocab[size_t(it->second)]) {
-        out.push_back(it->second);
-        remember(word, out, first, cache);
-        return;
-      }
-    }
-    std::vector<int32_t> syms;
-    syms.reserve(word.size());
-    for (unsigned char b : word) {
-      int32_t id = byte_ids[b];
-      if (id < 0) {
-        KOTOBA_CHECK(unk_id.has_value(), "tokenizer: the vocabulary has no token for byte 0x", std::hex, int(b),
-                     " and no unk_token");
-        id = *unk_id;
-      }
-      syms.push_back(id);
-    }
-    if (syms.size() <= 48) merge_small(syms);
-    else merge_large(syms);
-    out.insert(out.end(), syms.begin(), syms.end());
-    remember(word, out, first, cache);
-  }
-
-  void remember(std::string_view word, const std::vector<int32_t>& out, size_t first, WordCache& cache) const {
-    if (word.size() > kCacheMaxWordBytes) return;
-    if (cache.words.size() >= kCacheMaxEntries) cache.words.clear();
-    cache.words.emplace(std::string(word), std::vector<int32_t>(out.begin() + std::ptrdiff_t(first), out.end()));
-  }
-
-  void merge_small(std::vector<int32_t>& syms) const {
-    if (syms.size() < 2) return;
-    // ranks[p] describes the pair (syms[p], syms[p+1]): rank << 32 | merged id, or kNoMerge.
-    uint64_t ranks[48];
-    size_t n = syms.size();
-    for (size_t p = 0; p + 1 < n; ++p) ranks[p] = merge_table.find(syms[p], syms[p + 1]);
-    while (n > 1) {
-      size_t best = 0;
-      for (size_t p = 1; p + 1 < n; ++p)
-        if (ranks[p] < ranks[best]) best = p;  // strict: the leftmost of equal ranks
-      if (ranks[best] == kNoMerge) break;
-      syms[best] = int32_t(uint32_t(ranks[best]));
-      for (size_t p = best + 1; p + 1 < n; ++p) syms[p] = syms[p + 1];
-      for (size_t p = best; p + 2 < n; ++p) ranks[p] = ranks[p + 1];
-      --n;
-      if (best > 0) ranks[best - 1] = merge_table.find(syms[best - 1], syms[best]);
-      if (best + 1 < n) ranks[best] = merge_table.find(syms[best], syms[best + 1]);
-    }
-    syms.resize(n);
-  }
-
-  void merge_large(std::vector<int32_t>& syms) const {
-    const size_t n = syms.size();
-    std::vector<int32_t> prev(n), next(n);
-    for (size_t i = 0; i < n; ++i) {
-      prev[i] = int32_t(i) - 1;
-      next[i] = i + 1 < n ? int32_t(i + 1) : -1;
-    }
-    // (rank << 32 | merged id, position): smallest first, so equal ranks go leftmost first.
-    using Entry = std::pair<uint64_t, int32_t>;
-    std::priority_queue<Entry, std::vector<Entry>, std::greater<>> heap;
-    for (size_t i = 0; i + 1 < n; ++i) {
-      uint64_t r = merge_table.find(syms[i], syms[i + 1]);
-      if (r != kNoMerge) heap.emplace(r, int32_t(i));
-    }
-    std::vector<char> alive(n, 1);
-    while (!heap.empty()) {
-      auto [r, pos] = heap.top();
-      heap.pop();
-      if (!alive[size_t(pos)] || next[size_t(pos)] < 0) continue;
-      int32_t nx = next[size_t(pos)];
-      if (merge_table.find(syms[size_t(pos)], syms[size_t(nx)]) != r) continue;  // stale entry
-      syms[size_t(pos)] = int32_t(uint32_t(r));
-      alive[size_t(nx)] = 0;
-      next[size_t(pos)] = next[size_t(nx)];
-      if (next[size_t(pos)] >= 0) prev[size_t(next[size_t(pos)])] = pos;
-      if (prev[size_t(pos)] >= 0) {
-        uint64_t left = merge_table.find(syms[size_t(prev[size_t(pos)])], syms[size_t(pos)]);
-        if (left != kNoMerge) heap.emplace(left, prev[size_t(pos)]);
-      }
-      if (next[size_t(pos)] >= 0) {
-        uint64_t right = merge_table.find(syms[size_t(pos)], syms[size_t(next[size_t(pos)])]);
-        if (right != kNoMerge) heap.emplace(right, pos);
-      }
-    }
-    size_t w = 0;
-    for (int32_t i = 0; i >= 0; i = next[size_t(i)]) syms[w++] = syms[size_t(i)];
-    syms.resize(w);
-  }
-
-  // Text without added tokens: pre-tokens, then BPE on each.
-  void encode_plain(std::string_view text, std::vector<int32_t>& out, WordCache& cache) const {
-    if (text.empty()) return;
-    auto word = [&](std::string_view w) { encode_word(w, out, cache); };
-    if (add_prefix_space && text.front() != ' ') {
-      std::string prefixed = " " + std::string(text);
-      pretokenize_gpt2(prefixed, word);
     } else {
-      pretokenize_gpt2(text, word);
+      char name[8];
+      std::snprintf(name, sizeof name, "<0x%02X>", b);
+      byte_ids[size_t(b)] = model_id(name);
     }
   }
+  std::vector<int32_t> merged(merges.size());
+  for (size_t r = 0; r < merges.size(); ++r) {
+    auto it = token_ids.find(tokens[size_t(merges[r].first)] + tokens[size_t(merges[r].second)]);
+    KOTOBA_CHECK(it != token_ids.end(), where, ": field model.merges[", r, "]: '", tokens[size_t(merges[r].first)],
+                 tokens[size_t(merges[r].second)], "' (the merged token) is not in model.vocab");
+    merged[r] = it->second;
+  }
+  merge_table.build(merges, merged);
+  // Tokens marked `normalized` are looked for in the normalized text, as normalized themselves.
+  raw_added.clear();
+  normalized_added.clear();
+  for (size_t i = 0; i < added.size(); ++i) {
+    Added& a = added[i];
+    a.match = a.content;
+    if (a.normalized && !normalizer.empty()) a.match = normalize(a.content);
+    (a.normalized ? normalized_added : raw_added).push_back(i);
+  }
+  for (auto* list : {&raw_added, &normalized_added})
+    std::stable_sort(list->begin(), list->end(),
+                     [&](size_t x, size_t y) { return added[x].match.size() > added[y].match.size(); });
+  if (byte_level && decoder.empty() && decoder_json.is_null()) decoder.push_back({.kind = DecoderStep::Kind::byte_level});
+  serial = next_serial++;
+}
 
-  void encode(std::string_view text, std::vector<int32_t>& out) const {
-    size_t bad = find_invalid_utf8(text);
-    KOTOBA_CHECK(bad == std::string_view::npos, "tokenizer: the text to encode is not valid UTF-8 at byte offset ",
-                 bad);
-    thread_local WordCache cache;
-    if (cache.owner != serial) {
-      cache.words.clear();
-      cache.owner = serial;
+std::string Tokenizer::Impl::apply_normalizer(const NormalizerStep& step, std::string_view text) {
+  switch (step.kind) {
+    case NormalizerStep::Kind::nfc: return normalize_unicode(text, NormalForm::nfc);
+    case NormalizerStep::Kind::nfd: return normalize_unicode(text, NormalForm::nfd);
+    case NormalizerStep::Kind::nfkc: return normalize_unicode(text, NormalForm::nfkc);
+    case NormalizerStep::Kind::nfkd: return normalize_unicode(text, NormalForm::nfkd);
+    case NormalizerStep::Kind::prepend: return text.empty() ? std::string() : step.text + std::string(text);
+    case NormalizerStep::Kind::replace: return replace_all(text, step.text, step.with);
+  }
+  return std::string(text);
+}
+
+// The symbols BPE starts from: bytes (byte-level), or characters, each its vocabulary token,
+// else its <0xXX> byte tokens (byte_fallback), else unk (runs fused with fuse_unk), else dropped
+// — HF's BPE::merge_word.
+void Tokenizer::Impl::word_symbols(std::string_view word, std::vector<int32_t>& syms) const {
+  std::optional<int32_t> pending_unk;
+  auto flush_unk = [&] {
+    if (pending_unk) syms.push_back(*pending_unk);
+    pending_unk.reset();
+  };
+  auto unknown = [&] {
+    if (!unk_id) return false;
+    if (!(pending_unk && fuse_unk)) {
+      flush_unk();
+      pending_unk = *unk_id;
     }
-    if (added.empty()) {
-      encode_plain(text, out, cache);
+    return true;
+  };
+  if (byte_level) {
+    size_t known = 0;  // every byte has its token in any real vocabulary: no unk bookkeeping
+    while (known < word.size() && byte_ids[static_cast<unsigned char>(word[known])] >= 0)
+      syms.push_back(byte_ids[static_cast<unsigned char>(word[known++])]);
+    if (known == word.size()) return;
+    for (unsigned char b : word.substr(known)) {
+      int32_t id = byte_ids[b];
+      if (id >= 0) {
+        flush_unk();
+        syms.push_back(id);
+        continue;
+      }
+      KOTOBA_CHECK(unknown(), "tokenizer: the vocabulary has no token for byte 0x", std::hex, int(b),
+                   " and no unk_token");
+    }
+    flush_unk();
+    return;
+  }
+  for (size_t i = 0; i < word.size();) {
+    size_t len = char_length(word, i);
+    std::string_view ch = word.substr(i, len);
+    i += len;
+    auto it = token_ids.find(ch);
+    if (it != token_ids.end() && in_model_vocab[size_t(it->second)]) {
+      flush_unk();
+      syms.push_back(it->second);
+      continue;
+    }
+    if (byte_fallback) {
+      bool all = true;
+      for (unsigned char b : ch) all = all && byte_ids[b] >= 0;
+      if (all) {
+        flush_unk();  // HF keeps a pending unk until a known token; a byte run ends it too
+        for (unsigned char b : ch) syms.push_back(byte_ids[b]);
+        continue;
+      }
+    }
+    unknown();
+  }
+  flush_unk();
+}
+
+// BPE on one pre-token: the lowest-rank adjacent pair (leftmost on ties) merged until none is in
+// the table — HF's order, which a heap gives for long words.
+void Tokenizer::Impl::encode_word(std::string_view word, std::vector<int32_t>& out, WordCache& cache) const {
+  if (word.size() <= kCacheMaxWordBytes) {
+    auto it = cache.words.find(word);
+    if (it != cache.words.end()) {
+      out.insert(out.end(), it->second.begin(), it->second.end());
       return;
     }
-    // Added tokens are found first, leftmost-longest; the text between them is encoded as usual.
-    std::vector<size_t> next_at(added.size(), 0);
-    std::vector<char> searched(added.size(), 0);
-    size_t pos = 0;
-    while (pos < text.size()) {
-      size_t best_at = std::string_view::npos, best = 0;
-      for (size_t k : added_by_length) {
-        const std::string& c = added[k].content;
-        if (c.empty()) continue;
-        if (!searched[k] || (next_at[k] != std::string_view::npos && next_at[k] < pos)) {
-          next_at[k] = text.find(c, pos);
-          searched[k] = 1;
-        }
-        if (next_at[k] < best_at) best_at = next_at[k], best = k;  // longest first: ties keep it
-      }
-      if (best_at == std::string_view::npos) break;
-      size_t start = best_at, end = best_at + added[best].content.size();
-      if (added[best].lstrip)
-        while (start > pos && is_space_before(text, start)) start = step_back(text, start);
-      if (added[best].rstrip)
-        while (end < text.size() && is_space_at(text, end)) end = step_forward(text, end);
-      encode_plain(text.substr(pos, start - pos), out, cache);
-      out.push_back(added[best].id);
-      pos = end;
+  }
+  size_t first = out.size();
+  if (ignore_merges) {
+    const IdMap& whole = byte_level ? bytes_ids : token_ids;
+    auto it = whole.find(word);
+    if (it != whole.end() && it->second < int32_t(in_model_vocab.size()) && in_model_vocab[size_t(it->second)]) {
+      out.push_back(it->second);
+      remember(word, out, first, cache);
+      return;
     }
-    if (pos < text.size()) encode_plain(text.substr(pos), out, cache);
   }
+  std::vector<int32_t> syms;
+  syms.reserve(word.size());
+  word_symbols(word, syms);
+  if (syms.size() <= 48) merge_small(syms);
+  else merge_large(syms);
+  out.insert(out.end(), syms.begin(), syms.end());
+  remember(word, out, first, cache);
+}
 
-  static size_t step_back(std::string_view t, size_t i) {
-    do --i;
-    while (i > 0 && (static_cast<unsigned char>(t[i]) & 0xC0) == 0x80);
-    return i;
+void Tokenizer::Impl::remember(std::string_view word, const std::vector<int32_t>& out, size_t first,
+                               WordCache& cache) const {
+  if (word.size() > kCacheMaxWordBytes) return;
+  if (cache.words.size() >= kCacheMaxEntries) cache.words.clear();
+  cache.words.emplace(std::string(word), std::vector<int32_t>(out.begin() + std::ptrdiff_t(first), out.end()));
+}
+
+void Tokenizer::Impl::merge_small(std::vector<int32_t>& syms) const {
+  if (syms.size() < 2) return;
+  // ranks[p] describes the pair (syms[p], syms[p+1]): rank << 32 | merged id, or kNoMerge.
+  uint64_t ranks[48];
+  size_t n = syms.size();
+  for (size_t p = 0; p + 1 < n; ++p) ranks[p] = merge_table.find(syms[p], syms[p + 1]);
+  while (n > 1) {
+    size_t best = 0;
+    for (size_t p = 1; p + 1 < n; ++p)
+      if (ranks[p] < ranks[best]) best = p;  // strict: the leftmost of equal ranks
+    if (ranks[best] == kNoMerge) break;
+    syms[best] = int32_t(uint32_t(ranks[best]));
+    for (size_t p = best + 1; p + 1 < n; ++p) syms[p] = syms[p + 1];
+    for (size_t p = best; p + 2 < n; ++p) ranks[p] = ranks[p + 1];
+    --n;
+    if (best > 0) ranks[best - 1] = merge_table.find(syms[best - 1], syms[best]);
+    if (best + 1 < n) ranks[best] = merge_table.find(syms[best], syms[best + 1]);
   }
-  static size_t step_forward(std::string_view t, size_t i) {
-    size_t len = 0;
-    detail::decode_utf8(reinterpret_cast<const unsigned char*>(t.data()) + i, len);
-    return i + len;
+  syms.resize(n);
+}
+
+void Tokenizer::Impl::merge_large(std::vector<int32_t>& syms) const {
+  const size_t n = syms.size();
+  std::vector<int32_t> prev(n), next(n);
+  for (size_t i = 0; i < n; ++i) {
+    prev[i] = int32_t(i) - 1;
+    next[i] = i + 1 < n ? int32_t(i + 1) : -1;
   }
-  static bool is_space_at(std::string_view t, size_t i) {
-    size_t len = 0;
-    return detail::class_at(reinterpret_cast<const unsigned char*>(t.data()) + i, len) == CharClass::space;
+  // (rank << 32 | merged id, position): smallest first, so equal ranks go leftmost first.
+  using Entry = std::pair<uint64_t, int32_t>;
+  std::priority_queue<Entry, std::vector<Entry>, std::greater<>> heap;
+  for (size_t i = 0; i + 1 < n; ++i) {
+    uint64_t r = merge_table.find(syms[i], syms[i + 1]);
+    if (r != kNoMerge) heap.emplace(r, int32_t(i));
   }
-  static bool is_space_before(std::string_view t, size_t i) { return is_space_at(t, step_back(t, i)); }
-};
+  std::vector<char> alive(n, 1);
+  while (!heap.empty()) {
+    auto [r, pos] = heap.top();
+    heap.pop();
+    if (!alive[size_t(pos)] || next[size_t(pos)] < 0) continue;
+    int32_t nx = next[size_t(pos)];
+    if (merge_table.find(syms[size_t(pos)], syms[size_t(nx)]) != r) continue;  // stale entry
+    syms[size_t(pos)] = int32_t(uint32_t(r));
+    alive[size_t(nx)] = 0;
+    next[size_t(pos)] = next[size_t(nx)];
+    if (next[size_t(pos)] >= 0) prev[size_t(next[size_t(pos)])] = pos;
+    if (prev[size_t(pos)] >= 0) {
+      uint64_t left = merge_table.find(syms[size_t(prev[size_t(pos)])], syms[size_t(pos)]);
+      if (left != kNoMerge) heap.emplace(left, prev[size_t(pos)]);
+    }
+    if (next[size_t(pos)] >= 0) {
+      uint64_t right = merge_table.find(syms[size_t(pos)], syms[size_t(next[size_t(pos)])]);
+      if (right != kNoMerge) heap.emplace(right, pos);
+    }
+  }
+  if (n == 0) return;
+  size_t w = 0;
+  for (int32_t i = 0; i >= 0; i = next[size_t(i)]) syms[w++] = syms[size_t(i)];
+  syms.resize(w);
+}
+
+// Runs pre-tokenizer steps [step, end) on `piece`, then the model on each resulting word.
+// at_start: the piece begins the text (Metaspace's prepend_scheme "first").
+void Tokenizer::Impl::pre_tokenize(size_t step, std::string_view piece, bool at_start, std::vector<int32_t>& out,
+                                   WordCache& cache) const {
+  if (piece.empty()) return;
+  if (step == pre_tokenizer.size()) {
+    encode_word(piece, out, cache);
+    return;
+  }
+  const PreTokenizerStep& st = pre_tokenizer[step];
+  auto next = [&](std::string_view p) { pre_tokenize(step + 1, p, at_start && p.data() == piece.data(), out, cache); };
+  // The common last step, a regex split, hands its pieces straight to the model.
+  auto model = [&](std::string_view p) { encode_word(p, out, cache); };
+  const bool last = step + 1 == pre_tokenizer.size();
+  switch (st.kind) {
+    case PreTokenizerStep::Kind::split_gpt2:
+      if (last) pretokenize_gpt2(piece, model);
+      else pretokenize_gpt2(piece, next);
+      return;
+    case PreTokenizerStep::Kind::split_llama3:
+      if (last) pretokenize_llama3(piece, 3, model);
+      else pretokenize_llama3(piece, 3, next);
+      return;
+    case PreTokenizerStep::Kind::split_qwen2:
+      if (last) pretokenize_llama3(piece, 1, model);
+      else pretokenize_llama3(piece, 1, next);
+      return;
+    case PreTokenizerStep::Kind::prefix_space:
+      if (piece.front() == ' ') {
+        pre_tokenize(step + 1, piece, at_start, out, cache);
+      } else {
+        std::string prefixed = " " + std::string(piece);
+        pre_tokenize(step + 1, prefixed, at_start, out, cache);
+      }
+      return;
+    case PreTokenizerStep::Kind::metaspace: {
+      std::string text = replace_all(piece, " ", st.replacement);
+      bool starts = text.compare(0, st.replacement.size(), st.replacement) == 0;
+      if (!starts && (st.prepend == PreTokenizerStep::Prepend::always ||
+                      (st.prepend == PreTokenizerStep::Prepend::first && at_start)))
+        text.insert(0, st.replacement);
+      std::string_view view = text;
+      if (!st.split || st.replacement.empty()) {
+        pre_tokenize(step + 1, view, at_start, out, cache);
+        return;
+      }
+      // Split before every replacement character, which stays with what follows it.
+      size_t begin = 0;
+      while (begin < view.size()) {
+        size_t at = view.find(st.replacement, begin + 1);
+        if (at == std::string_view::npos) at = view.size();
+        pre_tokenize(step + 1, view.substr(begin, at - begin), at_start && begin == 0, out, cache);
+        begin = at;
+      }
+      return;
+    }
+  }
+}
+
+// A stretch of text between added tokens that are matched before normalization.
+void Tokenizer::Impl::encode_segment(std::string_view text, bool at_start, std::vector<int32_t>& out,
+                                     WordCache& cache) const {
+  std::string normalized;
+  std::string_view view = text;
+  if (!normalizer.empty()) {
+    normalized = normalize(text);
+    view = normalized;
+  }
+  if (!normalized_added.empty()) encode_added(view, at_start, normalized_added, true, out, cache);
+  else pre_tokenize(0, view, at_start, out, cache);
+}
+
+// HF's AddedVocabulary::find_matches: leftmost-longest matches of the candidates (the
+// search goes on after a match's own end), single_word / lstrip / rstrip applied to each; the
+// stretches between them are encoded as ordinary text.
+void Tokenizer::Impl::encode_added(std::string_view text, bool at_start, const std::vector<size_t>& candidates,
+                                   bool normalized_pass, std::vector<int32_t>& out, WordCache& cache) const {
+  auto plain = [&](size_t from, size_t to) {
+    std::string_view part = text.substr(from, to - from);
+    if (normalized_pass) pre_tokenize(0, part, at_start && from == 0, out, cache);
+    else encode_segment(part, at_start && from == 0, out, cache);
+  };
+  std::vector<size_t> next_at(added.size(), std::string_view::npos);
+  std::vector<char> searched(added.size(), 0);
+  size_t search = 0, done = 0;
+  while (search < text.size()) {
+    size_t best_at = std::string_view::npos, best = 0;
+    for (size_t k : candidates) {
+      const std::string& c = added[k].match;
+      if (c.empty()) continue;
+      if (!searched[k] || (next_at[k] != std::string_view::npos && next_at[k] < search)) {
+        next_at[k] = text.find(c, search);
+        searched[k] = 1;
+      }
+      if (next_at[k] < best_at) best_at = next_at[k], best = k;  // longest first: ties keep it
+    }
+    if (best_at == std::string_view::npos) break;
+    const Added& a = added[best];
+    size_t start = best_at, stop = best_at + a.match.size();
+    search = stop;
+    if (a.single_word) {
+      bool word_before = start > 0 && is_word_char(class_at(text, step_back(text, start)));
+      bool word_after = stop < text.size() && is_word_char(class_at(text, stop));
+      if (word_before || word_after) continue;
+    }
+    if (a.lstrip) {
+      size_t s = start;
+      while (s > 0 && class_at(text, step_back(text, s)) == CharClass::space) s = step_back(text, s);
+      start = std::max(s, done);
+    }
+    if (a.rstrip)
+      while (stop < text.size() && class_at(text, stop) == CharClass::space) stop += char_length(text, stop);
+    if (start > done) plain(done, start);
+    out.push_back(a.id);
+    done = stop;
+  }
+  if (done < text.size()) plain(done, text.size());
+}
+
+void Tokenizer::Impl::encode(std::string_view text, std::vector<int32_t>& out) const {
+  size_t bad = find_invalid_utf8(text);
+  KOTOBA_CHECK(bad == std::string_view::npos, "tokenizer: the text to encode is not valid UTF-8 at byte offset ",
+               bad);
+  if (sentencepiece) {
+    std::vector<int32_t> ids = sentencepiece->encode(text);
+    out.insert(out.end(), ids.begin(), ids.end());
+    return;
+  }
+  if (text.empty()) return;
+  thread_local WordCache cache;
+  if (cache.owner != serial) {
+    cache.words.clear();
+    cache.owner = serial;
+  }
+  if (raw_added.empty()) encode_segment(text, true, out, cache);
+  else encode_added(text, true, raw_added, false, out, cache);
+}
+
+// HF's decoder chain over the tokens' strings; byte-level BPE's plain ByteLevel decoder keeps the
+// raw bytes (no U+FFFD), so that a slice of an encoding decodes to its exact bytes.
+std::string Tokenizer::Impl::decode(std::span<const int32_t> ids) const {
+  if (sentencepiece) return sentencepiece->decode(ids);
+  std::string out;
+  const int32_t n = int32_t(tokens.size());
+  auto bad_id = [&](size_t i) {
+    return Error(kotoba::detail::concat("tokenizer: decode: id ", ids[i], " at position ", i,
+                                        " is outside the vocabulary [0, ", n, ")"));
+  };
+  if (byte_level && decoder.size() == 1 && decoder[0].kind == DecoderStep::Kind::byte_level) {
+    out.reserve(ids.size() * 4);  // tokens average 3-4 bytes of text
+    for (size_t i = 0; i < ids.size(); ++i) {
+      if (ids[i] < 0 || ids[i] >= n) throw bad_id(i);
+      out += token_bytes[size_t(ids[i])];
+    }
+    return out;
+  }
+  for (size_t i = 0; i < ids.size(); ++i)
+    if (ids[i] < 0 || ids[i] >= n) throw bad_id(i);
+  std::vector<std::string> parts;
+  parts.reserve(ids.size());
+  size_t token_text_size = 0;
+  for (int32_t id : ids) {
+    parts.push_back(tokens[size_t(id)]);
+    token_text_size += parts.back().size();
+  }
+  if (!has_decoder) {
+    for (size_t i = 0; i < parts.size(); ++i) out += (i ? " " : "") + parts[i];
+    return out;
+  }
+  const ByteAlphabet& ab = alphabet();
+  for (const DecoderStep& step : decoder) {
+    switch (step.kind) {
+      case DecoderStep::Kind::byte_level: {
+        std::string joined;
+        for (const std::string& p : parts) {
+          auto raw = ab.decode(p);
+          joined += raw ? *raw : p;
+        }
+        parts.assign(1, std::move(joined));
+        break;
+      }
+      case DecoderStep::Kind::replace: {
+        size_t after = 0;
+        for (std::string& p : parts) {
+          p = replace_all(p, step.text, step.with);
+          after += p.size();
+        }
+        check_growth(token_text_size, after, "decoder");
+        break;
+      }
+      case DecoderStep::Kind::byte_fallback: {
+        std::vector<std::string> result;
+        std::string pending;
+        size_t pending_count = 0;
+        auto flush = [&] {
+          if (pending_count == 0) return;
+          if (find_invalid_utf8(pending) == std::string_view::npos) result.push_back(pending);
+          else
+            for (size_t i = 0; i < pending_count; ++i) result.push_back("\xEF\xBF\xBD");  // U+FFFD per byte
+          pending.clear();
+          pending_count = 0;
+        };
+        for (std::string& p : parts) {
+          if (auto b = byte_token_value(p)) {
+            pending += char(*b);
+            ++pending_count;
+          } else {
+            flush();
+            result.push_back(std::move(p));
+          }
+        }
+        flush();
+        parts = std::move(result);
+        break;
+      }
+      case DecoderStep::Kind::fuse: {
+        std::string joined;
+        for (const std::string& p : parts) joined += p;
+        parts.assign(1, std::move(joined));
+        break;
+      }
+      case DecoderStep::Kind::strip:
+        for (std::string& p : parts) {
+          const std::string& c = step.text;
+          size_t begin = 0, end = p.size();
+          for (size_t k = 0; k < step.start && p.compare(begin, c.size(), c) == 0 && begin < end; ++k) begin += c.size();
+          for (size_t k = 0; k < step.stop && end >= begin + c.size() && p.compare(end - c.size(), c.size(), c) == 0; ++k)
+            end -= c.size();
+          p = p.substr(begin, end - begin);
+        }
+        break;
+      case DecoderStep::Kind::metaspace:
+        // HF drops every replacement character of the first token (the prepended one) and
+        // turns the others into spaces.
+        for (size_t i = 0; i < parts.size(); ++i)
+          parts[i] = replace_all(parts[i], step.text, i == 0 && step.metaspace_prepends ? "" : " ");
+        break;
+    }
+  }
+  for (const std::string& p : parts) out += p;
+  return out;
+}
 
 Tokenizer::Tokenizer() : impl_(std::make_unique<Impl>()) {}
 Tokenizer::~Tokenizer() = default;
@@ -419,6 +683,15 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text) const {
   std::vector<int32_t> out;
   out.reserve(text.size() / 3 + 4);
   impl_->encode(text, out);
+  return out;
+}
+
+std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_special_tokens) const {
+  if (!add_special_tokens) return encode(text);
+  std::vector<int32_t> out(impl_->prefix_ids);
+  out.reserve(text.size() / 3 + 4 + impl_->suffix_ids.size());
+  impl_->encode(text, out);
+  out.insert(out.end(), impl_->suffix_ids.begin(), impl_->suffix_ids.end());
   return out;
 }
 
@@ -446,20 +719,22 @@ std::vector<std::vector<int32_t>> Tokenizer::encode_batch(const std::vector<std:
 }
 
 std::string Tokenizer::decode(std::span<const int32_t> ids) const {
-  std::string out;
-  const int32_t n = vocab_size();
-  for (size_t i = 0; i < ids.size(); ++i) {
-    int32_t id = ids[i];
-    KOTOBA_CHECK(id >= 0 && id < n, "tokenizer: decode: id ", id, " at position ", i, " is outside the vocabulary [0, ",
-                 n, ")");
-    out += impl_->token_bytes[size_t(id)];
+  if (impl_->sentencepiece) {
+    const int32_t n = vocab_size();
+    for (size_t i = 0; i < ids.size(); ++i)
+      KOTOBA_CHECK(ids[i] >= 0 && ids[i] < n, "tokenizer: decode: id ", ids[i], " at position ", i,
+                   " is outside the vocabulary [0, ", n, ")");
   }
-  return out;
+  return impl_->decode(ids);  // checks the ids of the other models as it goes
 }
 
-int32_t Tokenizer::vocab_size() const { return int32_t(impl_->tokens.size()); }
+int32_t Tokenizer::vocab_size() const {
+  if (impl_->sentencepiece) return impl_->sentencepiece->size();
+  return int32_t(impl_->tokens.size());
+}
 
 std::optional<int32_t> Tokenizer::token_to_id(std::string_view token) const {
+  if (impl_->sentencepiece) return impl_->sentencepiece->piece_id(token);
   auto it = impl_->token_ids.find(token);
   if (it == impl_->token_ids.end()) return std::nullopt;
   return it->second;
@@ -468,12 +743,46 @@ std::optional<int32_t> Tokenizer::token_to_id(std::string_view token) const {
 std::string Tokenizer::id_to_token(int32_t id) const {
   KOTOBA_CHECK(id >= 0 && id < vocab_size(), "tokenizer: id ", id, " is outside the vocabulary [0, ", vocab_size(),
                ")");
+  if (impl_->sentencepiece) return impl_->sentencepiece->piece(id);
   return impl_->tokens[size_t(id)];
 }
 
+namespace {
+std::optional<int32_t> special_named(const std::vector<Tokenizer::Impl::Added>& added,
+                                     std::initializer_list<std::string_view> names) {
+  for (std::string_view name : names)
+    for (const auto& a : added)
+      if (a.special && a.content == name) return a.id;
+  return std::nullopt;
+}
+}  // namespace
+
 std::optional<int32_t> Tokenizer::eos_id() const {
-  for (const auto& a : impl_->added)
+  const Impl& im = *impl_;
+  if (im.eos) return im.eos;
+  if (im.sentencepiece) return im.sentencepiece->eos_id();
+  if (auto id = special_named(im.added, {"</s>", "<|endoftext|>", "<|end_of_text|>", "<eos>", "<|im_end|>"})) return id;
+  for (const auto& a : im.added)
     if (a.special) return a.id;
+  return std::nullopt;
+}
+
+std::optional<int32_t> Tokenizer::bos_id() const {
+  const Impl& im = *impl_;
+  if (im.bos) return im.bos;
+  if (im.sentencepiece) return im.sentencepiece->bos_id();
+  if (!im.prefix_ids.empty()) return im.prefix_ids.front();
+  return special_named(im.added, {"<s>", "<|begin_of_text|>", "<bos>", "<|startoftext|>"});
+}
+
+std::optional<int32_t> Tokenizer::pad_id() const {
+  const Impl& im = *impl_;
+  if (im.pad) return im.pad;
+  if (im.sentencepiece) return im.sentencepiece->pad_id();
+  if (im.padding.is_object() && im.padding.contains("pad_id") && im.padding["pad_id"].is_number_integer()) {
+    int64_t id = im.padding["pad_id"].get<int64_t>();
+    if (id >= 0 && id < vocab_size()) return int32_t(id);
+  }
   return std::nullopt;
 }
 
@@ -777,259 +1086,9 @@ Tokenizer Tokenizer::train(const std::vector<std::string>& files, const TrainOpt
                  W, count_s, im.merges.size(), tok_bytes.size(), total_s);
   }
   im.in_model_vocab.assign(im.tokens.size(), 1);
+  im.pre_tokenizer = {{.kind = PreTokenizerStep::Kind::split_gpt2}};
   im.finalize("tokenizer train");
   return tok;
-}
-
-// ---------------------------------------------------------------------------------------------
-// tokenizer.json
-
-namespace {
-
-ordered_json default_byte_level(bool add_prefix_space, bool trim_offsets) {
-  return ordered_json{{"type", "ByteLevel"},
-                      {"add_prefix_space", add_prefix_space},
-                      {"trim_offsets", trim_offsets},
-                      {"use_regex", true}};
-}
-
-// Field access with errors that name the file and the field.
-struct JsonReader {
-  std::string path;
-  [[noreturn]] void fail(const std::string& field, const std::string& what) const {
-    throw Error(kotoba::detail::concat("tokenizer.json '", path, "': field ", field, ": ", what));
-  }
-  const json& get(const json& obj, const std::string& key, const std::string& field) const {
-    if (!obj.is_object() || !obj.contains(key)) fail(field, "missing");
-    return obj.at(key);
-  }
-  bool flag(const json& obj, const std::string& key, const std::string& field, bool fallback) const {
-    if (!obj.is_object() || !obj.contains(key) || obj.at(key).is_null()) return fallback;
-    if (!obj.at(key).is_boolean()) fail(field + "." + key, "expected true or false");
-    return obj.at(key).get<bool>();
-  }
-  std::string type_of(const json& obj, const std::string& field) const {
-    const json& t = get(obj, "type", field + ".type");
-    if (!t.is_string()) fail(field + ".type", "expected a string");
-    return t.get<std::string>();
-  }
-};
-
-}  // namespace
-
-Tokenizer Tokenizer::load(const std::string& path) {
-  JsonReader r{path};
-  std::string text;
-  {
-    std::ifstream in(path, std::ios::binary);
-    KOTOBA_CHECK(in, "tokenizer.json '", path, "': cannot open the file");
-    text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-  }
-  json doc;
-  try {
-    doc = json::parse(text);
-  } catch (const json::exception& e) {
-    throw Error(kotoba::detail::concat("tokenizer.json '", path, "': not valid JSON (", e.what(), ")"));
-  }
-  if (!doc.is_object()) r.fail("(top level)", "expected an object");
-
-  Tokenizer tok;
-  Impl& im = *tok.impl_;
-
-  // model
-  const json& model = r.get(doc, "model", "model");
-  if (!model.is_object()) r.fail("model", "expected an object");
-  if (model.contains("type")) {
-    std::string type = r.type_of(model, "model");
-    if (type != "BPE") r.fail("model.type", "'" + type + "' is not supported (kotoba reads byte-level \"BPE\")");
-  }
-  if (model.contains("dropout") && !model["dropout"].is_null() &&
-      !(model["dropout"].is_number() && model["dropout"].get<double>() == 0.0))
-    r.fail("model.dropout", "BPE dropout is not supported (expected null)");
-  for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"})
-    if (model.contains(key) && !model[key].is_null() && !(model[key].is_string() && model[key].get<std::string>().empty()))
-      r.fail(std::string("model.") + key, "not supported by a byte-level BPE (expected null)");
-  if (r.flag(model, "byte_fallback", "model", false)) r.fail("model.byte_fallback", "not supported (expected false)");
-  im.ignore_merges = r.flag(model, "ignore_merges", "model", false);
-
-  const json& vocab = r.get(model, "vocab", "model.vocab");
-  if (!vocab.is_object()) r.fail("model.vocab", "expected an object of token: id");
-  std::vector<std::optional<std::string>> by_id;
-  auto place = [&](const std::string& token, int64_t id, const std::string& field) {
-    if (id < 0 || id >= (int64_t(1) << 31) - 1) r.fail(field, "id " + std::to_string(id) + " is out of range");
-    if (size_t(id) >= by_id.size()) by_id.resize(size_t(id) + 1);
-    if (by_id[size_t(id)] && *by_id[size_t(id)] != token)
-      r.fail(field, "id " + std::to_string(id) + " is given to both '" + *by_id[size_t(id)] + "' and '" + token + "'");
-    by_id[size_t(id)] = token;
-  };
-  for (auto it = vocab.begin(); it != vocab.end(); ++it) {
-    if (!it.value().is_number_integer()) r.fail("model.vocab[\"" + it.key() + "\"]", "expected an integer id");
-    place(it.key(), it.value().get<int64_t>(), "model.vocab[\"" + it.key() + "\"]");
-  }
-  size_t model_size = by_id.size();
-
-  // added_tokens
-  if (doc.contains("added_tokens") && !doc["added_tokens"].is_null()) {
-    const json& added = doc["added_tokens"];
-    if (!added.is_array()) r.fail("added_tokens", "expected an array");
-    for (size_t i = 0; i < added.size(); ++i) {
-      std::string field = "added_tokens[" + std::to_string(i) + "]";
-      const json& a = added[i];
-      const json& id = r.get(a, "id", field + ".id");
-      const json& content = r.get(a, "content", field + ".content");
-      if (!id.is_number_integer()) r.fail(field + ".id", "expected an integer");
-      if (!content.is_string() || content.get<std::string>().empty()) r.fail(field + ".content", "expected a non-empty string");
-      if (r.flag(a, "single_word", field, false)) r.fail(field + ".single_word", "true is not supported");
-      Impl::Added entry{.content = content.get<std::string>(),
-                        .id = int32_t(id.get<int64_t>()),
-                        .special = r.flag(a, "special", field, false),
-                        .lstrip = r.flag(a, "lstrip", field, false),
-                        .rstrip = r.flag(a, "rstrip", field, false),
-                        .normalized = r.flag(a, "normalized", field, false)};
-      if (find_invalid_utf8(entry.content) != std::string_view::npos) r.fail(field + ".content", "not valid UTF-8");
-      place(entry.content, id.get<int64_t>(), field + ".id");
-      im.added.push_back(std::move(entry));
-    }
-  }
-  im.tokens.resize(by_id.size());
-  im.in_model_vocab.assign(by_id.size(), 0);
-  for (size_t id = 0; id < by_id.size(); ++id) {
-    if (!by_id[id]) r.fail("model.vocab", "no token has id " + std::to_string(id) + " (ids must be 0..N-1)");
-    im.tokens[id] = *by_id[id];
-  }
-  for (auto it = vocab.begin(); it != vocab.end(); ++it) im.in_model_vocab[size_t(it.value().get<int64_t>())] = 1;
-  (void)model_size;
-
-  std::unordered_map<std::string, int32_t> vocab_ids;
-  for (auto it = vocab.begin(); it != vocab.end(); ++it) vocab_ids[it.key()] = int32_t(it.value().get<int64_t>());
-  const json& merges = r.get(model, "merges", "model.merges");
-  if (!merges.is_array()) r.fail("model.merges", "expected an array");
-  im.merges.reserve(merges.size());
-  for (size_t i = 0; i < merges.size(); ++i) {
-    std::string field = "model.merges[" + std::to_string(i) + "]";
-    const json& m = merges[i];
-    std::string left, right;
-    if (m.is_string()) {  // "left right"
-      const std::string& s = m.get_ref<const std::string&>();
-      size_t sp = s.find(' ');
-      if (sp == std::string::npos || s.find(' ', sp + 1) != std::string::npos)
-        r.fail(field, "expected \"left right\" (two tokens and one space), got '" + s + "'");
-      left = s.substr(0, sp);
-      right = s.substr(sp + 1);
-    } else if (m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string()) {  // ["left", "right"]
-      left = m[0].get<std::string>();
-      right = m[1].get<std::string>();
-    } else {
-      r.fail(field, "expected \"left right\" or [\"left\", \"right\"]");
-    }
-    auto li = vocab_ids.find(left), ri = vocab_ids.find(right);
-    if (li == vocab_ids.end()) r.fail(field, "'" + left + "' is not in model.vocab");
-    if (ri == vocab_ids.end()) r.fail(field, "'" + right + "' is not in model.vocab");
-    im.merges.emplace_back(li->second, ri->second);
-  }
-  if (model.contains("unk_token") && model["unk_token"].is_string()) {
-    auto it = vocab_ids.find(model["unk_token"].get<std::string>());
-    if (it != vocab_ids.end()) im.unk_id = it->second;
-  }
-
-  // normalizer: none (byte-level BPE works on the raw text)
-  if (doc.contains("normalizer") && !doc["normalizer"].is_null())
-    r.fail("normalizer", "'" + (doc["normalizer"].is_object() && doc["normalizer"].contains("type")
-                                    ? doc["normalizer"]["type"].dump()
-                                    : doc["normalizer"].dump()) +
-                             "' is not supported (expected null)");
-
-  // pre_tokenizer: ByteLevel(use_regex), or Sequence[Split(GPT-2 pattern, Isolated), ByteLevel(no regex)]
-  const json& pre = r.get(doc, "pre_tokenizer", "pre_tokenizer");
-  if (!pre.is_object()) r.fail("pre_tokenizer", "expected an object (a ByteLevel pre-tokenizer)");
-  std::string pre_type = r.type_of(pre, "pre_tokenizer");
-  if (pre_type == "ByteLevel") {
-    if (!r.flag(pre, "use_regex", "pre_tokenizer", true))
-      r.fail("pre_tokenizer.use_regex", "false is not supported (the GPT-2 split is required)");
-    im.add_prefix_space = r.flag(pre, "add_prefix_space", "pre_tokenizer", true);
-  } else if (pre_type == "Sequence") {
-    const json& list = r.get(pre, "pretokenizers", "pre_tokenizer.pretokenizers");
-    if (!list.is_array() || list.size() != 2)
-      r.fail("pre_tokenizer.pretokenizers", "expected [Split(GPT-2 pattern), ByteLevel(use_regex=false)]");
-    const json& split = list[0];
-    if (r.type_of(split, "pre_tokenizer.pretokenizers[0]") != "Split")
-      r.fail("pre_tokenizer.pretokenizers[0].type", "expected \"Split\"");
-    const json& pattern = r.get(split, "pattern", "pre_tokenizer.pretokenizers[0].pattern");
-    if (!pattern.is_object() || !pattern.contains("Regex") || !pattern["Regex"].is_string() ||
-        pattern["Regex"].get<std::string>() != kGpt2Pattern)
-      r.fail("pre_tokenizer.pretokenizers[0].pattern", "only the GPT-2 regex is supported");
-    if (split.contains("behavior") && split["behavior"] != "Isolated")
-      r.fail("pre_tokenizer.pretokenizers[0].behavior", "expected \"Isolated\"");
-    if (r.flag(split, "invert", "pre_tokenizer.pretokenizers[0]", false))
-      r.fail("pre_tokenizer.pretokenizers[0].invert", "expected false");
-    const json& bl = list[1];
-    if (r.type_of(bl, "pre_tokenizer.pretokenizers[1]") != "ByteLevel")
-      r.fail("pre_tokenizer.pretokenizers[1].type", "expected \"ByteLevel\"");
-    if (r.flag(bl, "use_regex", "pre_tokenizer.pretokenizers[1]", true))
-      r.fail("pre_tokenizer.pretokenizers[1].use_regex", "expected false (the Split already applies the regex)");
-    // The Split runs before ByteLevel adds its prefix space, which kotoba does not model.
-    if (r.flag(bl, "add_prefix_space", "pre_tokenizer.pretokenizers[1]", true))
-      r.fail("pre_tokenizer.pretokenizers[1].add_prefix_space", "true is not supported here");
-  } else {
-    r.fail("pre_tokenizer.type", "'" + pre_type + "' is not supported (expected \"ByteLevel\")");
-  }
-  im.pre_tokenizer_json = pre;
-
-  if (doc.contains("decoder") && !doc["decoder"].is_null()) {
-    std::string dec = r.type_of(doc["decoder"], "decoder");
-    if (dec != "ByteLevel") r.fail("decoder.type", "'" + dec + "' is not supported (expected \"ByteLevel\")");
-    im.decoder_json = doc["decoder"];
-  }
-  for (auto [key, slot] : {std::pair{"post_processor", &im.post_processor}, std::pair{"truncation", &im.truncation},
-                           std::pair{"padding", &im.padding}})
-    if (doc.contains(key)) *slot = doc[key];
-
-  for (size_t id = 0; id < im.tokens.size(); ++id)
-    if (find_invalid_utf8(im.tokens[id]) != std::string_view::npos)
-      r.fail("model.vocab", "token with id " + std::to_string(id) + " is not valid UTF-8");
-  im.finalize("tokenizer.json '" + path + "'");
-  return tok;
-}
-
-void Tokenizer::save(const std::string& path) const {
-  const Impl& im = *impl_;
-  ordered_json doc;
-  doc["version"] = "1.0";
-  doc["truncation"] = im.truncation;
-  doc["padding"] = im.padding;
-  ordered_json added = ordered_json::array();
-  for (const auto& a : im.added)
-    added.push_back(ordered_json{{"id", a.id},
-                                 {"content", a.content},
-                                 {"single_word", false},
-                                 {"lstrip", a.lstrip},
-                                 {"rstrip", a.rstrip},
-                                 {"normalized", a.normalized},
-                                 {"special", a.special}});
-  doc["added_tokens"] = added;
-  doc["normalizer"] = nullptr;
-  doc["pre_tokenizer"] = im.pre_tokenizer_json.is_null() ? default_byte_level(false, true)
-                                                         : ordered_json::parse(im.pre_tokenizer_json.dump());
-  doc["post_processor"] = ordered_json::parse(im.post_processor.dump());
-  doc["decoder"] = im.decoder_json.is_null() ? default_byte_level(true, true)
-                                             : ordered_json::parse(im.decoder_json.dump());
-  ordered_json vocab = ordered_json::object();
-  for (size_t id = 0; id < im.tokens.size(); ++id)
-    if (im.in_model_vocab[id])  // appended directly: ordered_json's operator[] searches linearly
-      vocab.get_ref<ordered_json::object_t&>().emplace_back(im.tokens[id], id);
-  ordered_json merges = ordered_json::array();
-  for (auto [a, b] : im.merges) merges.push_back(im.tokens[size_t(a)] + " " + im.tokens[size_t(b)]);
-  doc["model"] = ordered_json{{"type", "BPE"},
-                              {"dropout", nullptr},
-                              {"unk_token", im.unk_id ? ordered_json(im.tokens[size_t(*im.unk_id)]) : ordered_json()},
-                              {"continuing_subword_prefix", nullptr},
-                              {"end_of_word_suffix", nullptr},
-                              {"fuse_unk", false},
-                              {"byte_fallback", false},
-                              {"ignore_merges", im.ignore_merges},
-                              {"vocab", vocab},
-                              {"merges", merges}};
-  write_file_atomically(path, doc.dump(2) + "\n");
 }
 
 }  // namespace kotoba::tokenizer
