@@ -44,6 +44,7 @@ float load_as_f32(const void* base, DType t, int64_t i) {
   switch (t) {
     case DType::f32: return static_cast<const float*>(base)[i];
     case DType::bf16: return bf16_to_f32(static_cast<const bf16*>(base)[i]);
+    case DType::f16: return f16_to_f32(static_cast<const f16*>(base)[i]);
     case DType::f64: return float(static_cast<const double*>(base)[i]);
     case DType::i32: return float(static_cast<const int32_t*>(base)[i]);
     case DType::i64: return float(static_cast<const int64_t*>(base)[i]);
@@ -56,6 +57,7 @@ void store_from_f64(void* base, DType t, int64_t i, double v) {
   switch (t) {
     case DType::f32: static_cast<float*>(base)[i] = float(v); break;
     case DType::bf16: static_cast<bf16*>(base)[i] = f32_to_bf16(float(v)); break;
+    case DType::f16: static_cast<f16*>(base)[i] = f32_to_f16(float(v)); break;
     case DType::f64: static_cast<double*>(base)[i] = v; break;
     case DType::i32: static_cast<int32_t*>(base)[i] = int32_t(v); break;
     case DType::i64: static_cast<int64_t*>(base)[i] = int64_t(v); break;

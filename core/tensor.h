@@ -76,7 +76,7 @@ class Tensor {
   // Copies.
   Tensor clone() const;            // contiguous copy, same dtype, no autograd history
   Tensor contiguous() const;       // this if already contiguous, else a copy
-  Tensor to(DType dtype) const;    // converted copy (f32 <-> bf16 <-> f64, i32)
+  Tensor to(DType dtype) const;    // converted copy (f32 <-> bf16/f16 <-> f64, i32)
   Tensor detach() const;           // same storage, no autograd
   void copy_from(const Tensor& src);  // same shape; converts dtype
   void fill(float value);
