@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/command.h"
+#include "cli/gguf_info.h"
 #include "io/json_util.h"
 #include "io/model_dir.h"
 #include "io/safetensors.h"
@@ -87,17 +88,18 @@ int cmd_info(const cli::Args& args) {
   Flags f = Flags::parse(args, "info", {}, {"json"}, 1);
   KOTOBA_CHECK(f.positional().size() == 1, "info: expected the model directory (kotoba info MODEL)");
   const std::string dir = f.positional()[0];
+  if (fs::is_regular_file(dir) && cli::is_gguf_file(dir)) return cli::print_gguf_info(dir, f.has("json"));
   KOTOBA_CHECK(fs::is_directory(dir), dir, ": not a model directory");
   std::string config_path = (fs::path(dir) / "config.json").string();
-  std::string weights_path = (fs::path(dir) / "model.safetensors").string();
   const nlohmann::json config = json_util::read_json_file(config_path);
   // Building the model checks the config the way loading it would; only the shapes are used.
   const std::unique_ptr<nn::CausalLM> model = build_model(config, config_path);
-  SafeTensors weights = load_safetensors(weights_path);  // memory-mapped: only the header is read here
+  // memory-mapped (model.safetensors or the shards of its index): only the headers are read here
+  const std::map<std::string, Tensor> tensors = load_model_weights(dir);
   const bool tied = config.value("tie_word_embeddings", model->model_type() == "gpt2");
 
   double linear = 0, linear_rows = 0, other = 0, nf4_blocks = 0, dq_groups = 0;
-  for (auto& [name, t] : weights.tensors) {
+  for (auto& [name, t] : tensors) {
     if (name == "lm_head.weight" && tied) continue;  // the embeddings' memory
     double n = double(t.numel());
     if (is_linear_weight(name) && t.ndim() == 2) {

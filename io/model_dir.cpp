@@ -185,9 +185,13 @@ LoadedModel load_model_dir(const std::string& dir) {
                "tokenizer.json)");
   fs::path d(dir);
   std::string config_path = (d / "config.json").string(), weights_path = (d / "model.safetensors").string(),
-              tok_path = (d / "tokenizer.json").string(), gen_path = (d / "generation_config.json").string();
-  for (const std::string& f : {config_path, weights_path, tok_path})
+              index_path = (d / "model.safetensors.index.json").string(), tok_path = (d / "tokenizer.json").string(),
+              gen_path = (d / "generation_config.json").string();
+  for (const std::string& f : {config_path, tok_path})
     KOTOBA_CHECK(fs::is_regular_file(f), f, ": missing from the model directory");
+  KOTOBA_CHECK(fs::is_regular_file(weights_path) || fs::is_regular_file(index_path), weights_path,
+               ": missing from the model directory (nor is there a sharded model.safetensors.index.json)");
+  const std::string weights_name = fs::is_regular_file(weights_path) ? weights_path : index_path;
   LoadedModel out;
   out.dir = dir;
   out.tokenizer_path = tok_path;
@@ -197,8 +201,7 @@ LoadedModel load_model_dir(const std::string& dir) {
   KOTOBA_CHECK(tokens <= out.model->vocab_size(), tok_path, " has ", tokens, " tokens but ", config_path,
                " vocab_size is ", out.model->vocab_size());
   if (fs::is_regular_file(gen_path)) out.generation = generation_config_from_json(read_json_file(gen_path), gen_path);
-  SafeTensors weights = load_safetensors(weights_path);
-  load_hf_tensors(*out.model, weights.tensors, weights_path);
+  load_hf_tensors(*out.model, load_model_weights(dir), weights_name);
   return out;
 }
 

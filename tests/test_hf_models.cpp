@@ -1,4 +1,5 @@
 // HF interop of the model families: random-initialised models made and saved by transformers
+// (one in bfloat16, sharded into several files)
 // (tests/reference/hf_models_reference.py) load in kotoba with the same logits, the same
 // incremental-decoding logits and the same `kotoba eval` loss; models kotoba saves load in
 // transformers with the same logits. Tolerances: logits within 1e-4 absolute (f32, logits of
@@ -26,7 +27,8 @@ namespace kt = kotoba::testing;
 
 namespace {
 
-const char* kCases[] = {"gpt2", "llama_gqa_llama3", "llama_linear_tied_bias", "mistral_window", "qwen2"};
+const char* kCases[] = {"gpt2", "llama_gqa_llama3", "llama_linear_tied_bias", "mistral_window", "llama_bf16_sharded",
+                        "qwen2"};
 
 fs::path case_dir(const std::string& name) {
   fs::path dir = kt::reference_dir() / "hf_models" / name;

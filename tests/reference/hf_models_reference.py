@@ -78,6 +78,9 @@ CASES = {
     "mistral_window": ("Mistral", dict(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
                                        sliding_window=7)),
+    # saved in bfloat16 and sharded into several files, as large checkpoints are
+    "llama_bf16_sharded": ("Llama", dict(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+                                         num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=64)),
     "qwen2": ("Qwen2", dict(vocab_size=320, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
                             tie_word_embeddings=True, rope_theta=1000000.0)),
@@ -125,7 +128,17 @@ def make(out_dir):
     for case, (kind, kwargs) in CASES.items():
         d = os.path.join(root, case)
         model = build(kind, kwargs, g)
-        model.save_pretrained(d, safe_serialization=True)
+        if case.endswith("bf16_sharded"):
+            # the reference computes in f32 from the bf16-rounded weights the files hold; buffers
+            # (the rotary frequencies) are not weights and keep their f32 values
+            buffers = {name: b.clone() for name, b in model.named_buffers()}
+            model = model.to(torch.bfloat16)
+            model.save_pretrained(d, safe_serialization=True, max_shard_size="60KB")
+            model = model.float()
+            for name, b in model.named_buffers():
+                b.copy_(buffers[name])
+        else:
+            model.save_pretrained(d, safe_serialization=True)
         tok.save(os.path.join(d, "tokenizer.json"))
         B, T = 2, 40
         ids = torch.randint(0, tok.get_vocab_size(), (B, T), generator=g)
