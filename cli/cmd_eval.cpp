@@ -42,7 +42,7 @@ int cmd_eval(const cli::Args& args) {
                model.max_positions(), "], got ", T);
   KOTOBA_CHECK(B >= 1, "eval: --batch must be positive, got ", B);
 
-  tokenizer::Tokenizer tok = tokenizer::Tokenizer::load(loaded.tokenizer_path);
+  tokenizer::Tokenizer tok = tokenizer::Tokenizer::load_dir(loaded.dir);
   std::vector<data::Document> docs = data::read_documents(f.str("data"), {.split_lines = f.has("split-lines")});
   KOTOBA_CHECK(!docs.empty(), "eval: ", f.str("data"), " holds no documents");
   std::vector<std::string_view> texts;

@@ -187,18 +187,21 @@ LoadedModel load_model_dir(const std::string& dir) {
   std::string config_path = (d / "config.json").string(), weights_path = (d / "model.safetensors").string(),
               index_path = (d / "model.safetensors.index.json").string(), tok_path = (d / "tokenizer.json").string(),
               gen_path = (d / "generation_config.json").string();
-  for (const std::string& f : {config_path, tok_path})
-    KOTOBA_CHECK(fs::is_regular_file(f), f, ": missing from the model directory");
+  KOTOBA_CHECK(fs::is_regular_file(config_path), config_path, ": missing from the model directory");
+  const std::string spm_path = (d / "tokenizer.model").string();
+  KOTOBA_CHECK(fs::is_regular_file(tok_path) || fs::is_regular_file(spm_path), tok_path,
+               ": missing from the model directory (nor is there a SentencePiece tokenizer.model)");
   KOTOBA_CHECK(fs::is_regular_file(weights_path) || fs::is_regular_file(index_path), weights_path,
                ": missing from the model directory (nor is there a sharded model.safetensors.index.json)");
   const std::string weights_name = fs::is_regular_file(weights_path) ? weights_path : index_path;
   LoadedModel out;
   out.dir = dir;
-  out.tokenizer_path = tok_path;
+  out.tokenizer_path = fs::is_regular_file(tok_path) ? tok_path : spm_path;
   out.config = read_json_file(config_path);
   out.model = build_model(out.config, config_path);
-  int64_t tokens = tokenizer_json_vocab_size(tok_path);
-  KOTOBA_CHECK(tokens <= out.model->vocab_size(), tok_path, " has ", tokens, " tokens but ", config_path,
+  const int64_t tokens = fs::is_regular_file(tok_path) ? tokenizer_json_vocab_size(tok_path)
+                                                       : tokenizer::Tokenizer::load(spm_path).vocab_size();
+  KOTOBA_CHECK(tokens <= out.model->vocab_size(), out.tokenizer_path, " has ", tokens, " tokens but ", config_path,
                " vocab_size is ", out.model->vocab_size());
   if (fs::is_regular_file(gen_path)) out.generation = generation_config_from_json(read_json_file(gen_path), gen_path);
   load_hf_tensors(*out.model, load_model_weights(dir), weights_name);

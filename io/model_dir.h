@@ -40,7 +40,8 @@ struct LoadedModel {
   nlohmann::json config;  // config.json as read
   GenerationConfig generation;
   std::string dir;
-  std::string tokenizer_path;  // <dir>/tokenizer.json
+  std::string tokenizer_path;  // <dir>/tokenizer.json, or the SentencePiece <dir>/tokenizer.model
+  // (tokenizer::Tokenizer::load_dir(dir) opens it with tokenizer_config.json's special tokens)
 };
 
 nlohmann::json generation_config_to_json(const GenerationConfig& config);
