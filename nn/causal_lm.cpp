@@ -2,6 +2,7 @@
 // and the row copy that appends keys and values.
 #include "nn/causal_lm.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "ops/ops.h"
@@ -24,6 +25,47 @@ void CausalLM::check_cached_call(const Tensor& ids, const KVCache& cache, int64_
   KOTOBA_CHECK(T >= 1 && start + T <= cache.max_len() && start + T <= max_positions(), model, ": ", T,
                " new positions after ", start, " cached ones exceed the KV cache's max_len ", cache.max_len(),
                " (the model's limit is ", max_positions(), ")");
+  KOTOBA_CHECK(cache.pad.empty() || int64_t(cache.pad.size()) == B, model, ": the KV cache's padding lists ",
+               cache.pad.size(), " rows, the batch has ", B);
+  for (int64_t p : cache.pad)
+    KOTOBA_CHECK(p >= 0 && p < start + T, model, ": a row's padding of ", p, " slots leaves it no token within the ",
+                 start + T, " slots filled");
+}
+
+void KVCache::select_rows(const std::vector<int64_t>& rows) {
+  KOTOBA_CHECK(!rows.empty(), "KV cache: select_rows needs at least one row");
+  const int64_t B = batch();
+  for (int64_t r : rows) KOTOBA_CHECK(r >= 0 && r < B, "KV cache: row ", r, " is outside the batch of ", B);
+  // Padding every kept row shares is dropped: once the longest sequence leaves the batch, the
+  // others need not pay for (nor run out of slots because of) its length.
+  int64_t shift = 0;
+  std::vector<int64_t> kept_pad;
+  if (!pad.empty()) {
+    for (int64_t r : rows) kept_pad.push_back(pad[size_t(r)]);
+    shift = *std::min_element(kept_pad.begin(), kept_pad.end());
+    for (int64_t& p : kept_pad) p -= shift;
+  }
+  auto gather = [&](Tensor& buffer) {
+    KOTOBA_CHECK(buffer.device() == Device::cpu, "KV cache: incremental decoding runs on the CPU for now");
+    const int64_t H = buffer.size(1), L = buffer.size(2), D = buffer.size(3);
+    KOTOBA_CHECK(buffer.strides()[2] == D && buffer.strides()[3] == 1, "KV cache: buffers must be contiguous");
+    Tensor out = Tensor::empty({int64_t(rows.size()), H, L, D}, buffer.dtype(), buffer.device());
+    const size_t elt = dtype_bytes(buffer.dtype(), 1), filled = elt * size_t((length - shift) * D);
+    const Shape &is = buffer.strides(), &os = out.strides();
+    const char* from = static_cast<const char*>(buffer.raw());
+    char* to = static_cast<char*>(out.raw());
+    // Slots are contiguous within a (row, head): one copy of the filled slots each.
+    for (size_t i = 0; i < rows.size(); ++i)
+      for (int64_t h = 0; h < H; ++h)
+        std::memcpy(to + elt * size_t(int64_t(i) * os[0] + h * os[1]),
+                    from + elt * size_t(rows[i] * is[0] + h * is[1] + shift * D), filled);
+    buffer = out;
+  };
+  for (Tensor& t : k) gather(t);
+  for (Tensor& t : v) gather(t);
+  length -= shift;
+  const bool any_pad = std::any_of(kept_pad.begin(), kept_pad.end(), [](int64_t p) { return p > 0; });
+  pad = any_pad ? std::move(kept_pad) : std::vector<int64_t>{};
 }
 
 KVCache CausalLM::allocate_kv_cache(int64_t n_layers, int64_t batch, int64_t kv_heads, int64_t max_len,
@@ -57,6 +99,24 @@ Tensor position_ids(int64_t start, int64_t T, Device device) {
   Tensor positions = Tensor::empty({T}, DType::i32);
   for (int64_t t = 0; t < T; ++t) positions.data<int32_t>()[t] = int32_t(start + t);
   return device == Device::cpu ? positions : to_device(positions, device);
+}
+
+Tensor padded_position_ids(const KVCache& cache, int64_t T, Device device) {
+  const int64_t B = int64_t(cache.pad.size()), start = cache.length;
+  Tensor positions = Tensor::empty({B, T}, DType::i32);
+  int32_t* p = positions.data<int32_t>();
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < T; ++t) p[b * T + t] = int32_t(std::max<int64_t>(0, start + t - cache.pad[size_t(b)]));
+  return device == Device::cpu ? positions : to_device(positions, device);
+}
+
+Tensor padded_key_mask(const KVCache& cache, int64_t T, Device device) {
+  const int64_t B = int64_t(cache.pad.size()), S = cache.length + T;
+  Tensor mask = Tensor::empty({B, S}, DType::i32);
+  int32_t* m = mask.data<int32_t>();
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t s = 0; s < S; ++s) m[b * S + s] = s >= cache.pad[size_t(b)] ? 1 : 0;
+  return device == Device::cpu ? mask : to_device(mask, device);
 }
 
 }  // namespace kotoba::nn

@@ -14,10 +14,21 @@ namespace kotoba::nn {
 struct KVCache {
   std::vector<Tensor> k, v;  // one per layer
   int64_t length = 0;        // positions cached (the next token's position)
+  // Left padding, for sequences of different lengths decoded as one batch: row b's first pad[b]
+  // slots hold no token. They are masked out as keys, and row b's token in slot s sits at
+  // position s - pad[b], so a padded row computes what it would alone. Empty: no row is padded.
+  std::vector<int64_t> pad;
 
   int64_t batch() const { return k.empty() ? 0 : k[0].size(0); }
   int64_t max_len() const { return k.empty() ? 0 : k[0].size(2); }
-  void clear() { length = 0; }  // forget the sequence, keep the buffers
+  void clear() {  // forget the sequences, keep the buffers
+    length = 0;
+    pad.clear();
+  }
+  // Keeps the rows `rows` in that order (repeats allowed; the batch becomes rows.size()): beam
+  // search copies the surviving beams' rows, batched decoding drops finished sequences. Leading
+  // padding all kept rows share is dropped (length shrinks by it). CPU.
+  void select_rows(const std::vector<int64_t>& rows);
 };
 
 class CausalLM : public Module {
@@ -60,5 +71,11 @@ void write_kv_rows(const Tensor& cache, const Tensor& src, int64_t start);
 
 // (T) i32 positions start, start + 1, ..., start + T - 1 on `device`.
 Tensor position_ids(int64_t start, int64_t T, Device device);
+
+// For a padded cache (cache.pad not empty), the new slots [cache.length, cache.length + T):
+// positions (B, T) i32, slot - pad[b] (0 on padding slots), and the key mask (B, length + T) i32
+// (0 on padding slots, 1 elsewhere), on `device`.
+Tensor padded_position_ids(const KVCache& cache, int64_t T, Device device);
+Tensor padded_key_mask(const KVCache& cache, int64_t T, Device device);
 
 }  // namespace kotoba::nn

@@ -22,8 +22,8 @@ Tensor GPT2Attention::forward(const Tensor& x, Generator& dropout_gen) const {
   return kotoba::dropout(c_proj.forward(y), dropout, dropout_gen, training());
 }
 
-Tensor GPT2Attention::forward_cached(const Tensor& x, const Tensor& k_cache, const Tensor& v_cache,
-                                     int64_t start) const {
+Tensor GPT2Attention::forward_cached(const Tensor& x, const Tensor& k_cache, const Tensor& v_cache, int64_t start,
+                                     const Tensor& key_mask) const {
   const int64_t B = x.size(0), T = x.size(1), C = x.size(2), H = n_head, D = C / H;
   // qkv (B, T, 3C) seen as (B, T, 3H, D): q, k and v are (B, H, T, D) strided views of it.
   Tensor heads = c_attn.forward(x).contiguous().view_as_shape({B, T, 3 * H, D});
@@ -32,7 +32,7 @@ Tensor GPT2Attention::forward_cached(const Tensor& x, const Tensor& k_cache, con
   write_kv_rows(v_cache, part(2), start);
   // Keys [0, start + T); the kernel aligns the T queries with the last T keys (causal offset).
   Tensor k = k_cache.slice_view(2, 0, start + T), v = v_cache.slice_view(2, 0, start + T);
-  Tensor y = scaled_dot_product_attention(part(0), k, v, /*causal=*/true);  // (B, H, T, D)
+  Tensor y = scaled_dot_product_attention(part(0), k, v, /*causal=*/true, key_mask);  // (B, H, T, D)
   return c_proj.forward(y.transpose_view(1, 2).contiguous().view_as_shape({B, T, C}));
 }
 
@@ -61,8 +61,9 @@ Tensor GPT2Block::forward(const Tensor& x, Generator& dropout_gen) const {
   return add(r, mlp.forward(ln_2.forward(r), dropout_gen));
 }
 
-Tensor GPT2Block::forward_cached(const Tensor& x, const Tensor& k_cache, const Tensor& v_cache, int64_t start) const {
-  Tensor r = add(x, attn.forward_cached(ln_1.forward(x), k_cache, v_cache, start));
+Tensor GPT2Block::forward_cached(const Tensor& x, const Tensor& k_cache, const Tensor& v_cache, int64_t start,
+                                 const Tensor& key_mask) const {
+  Tensor r = add(x, attn.forward_cached(ln_1.forward(x), k_cache, v_cache, start, key_mask));
   return add(r, mlp.c_proj.forward(gelu(mlp.c_fc.forward(ln_2.forward(r)))));  // the MLP without dropout
 }
 
@@ -120,9 +121,13 @@ Tensor GPT2::logits_cached(const Tensor& ids, KVCache& cache, bool last_only) {
   NoGradGuard no_grad;
   check_cached_call(ids, cache, config_.n_layer, "GPT2");
   const int64_t T = ids.size(1), start = cache.length;
-  Tensor positions = position_ids(start, T, wpe.weight.device());
-  Tensor x = add(wte.forward(ids), wpe.forward(positions));  // (B, T, C) + (T, C)
-  for (size_t i = 0; i < h.size(); ++i) x = h[i]->forward_cached(x, cache.k[i], cache.v[i], start);
+  const Device device = wpe.weight.device();
+  const bool padded = !cache.pad.empty();
+  // Padded rows: per-row positions (B, T) and a key mask; otherwise one shared (T) range.
+  Tensor positions = padded ? padded_position_ids(cache, T, device) : position_ids(start, T, device);
+  Tensor key_mask = padded ? padded_key_mask(cache, T, device) : Tensor();
+  Tensor x = add(wte.forward(ids), wpe.forward(positions));  // (B, T, C) + (T, C) or (B, T, C)
+  for (size_t i = 0; i < h.size(); ++i) x = h[i]->forward_cached(x, cache.k[i], cache.v[i], start, key_mask);
   if (last_only) x = x.slice_view(1, T - 1, T).contiguous();
   Tensor out = linear(ln_f.forward(x), wte.weight);
   cache.length = start + T;

@@ -32,8 +32,10 @@ class GPT2Attention : public Module {
   Tensor forward(const Tensor& x, Generator& dropout_gen) const;
   // Inference: x (B, T, C) holds positions [start, start + T); their keys and values are
   // written into k_cache/v_cache (B, H, max_len, D) at those positions, and the queries attend
-  // causally over [0, start + T). No dropout; records nothing.
-  Tensor forward_cached(const Tensor& x, const Tensor& k_cache, const Tensor& v_cache, int64_t start) const;
+  // causally over [0, start + T), minus the slots key_mask (B, start + T) i32 zeroes (may be
+  // undefined). No dropout; records nothing.
+  Tensor forward_cached(const Tensor& x, const Tensor& k_cache, const Tensor& v_cache, int64_t start,
+                        const Tensor& key_mask = Tensor()) const;
   Linear c_attn;  // (3C, C): [q | k | v]
   Linear c_proj;  // (C, C), init scaled for the residual stream
   int64_t n_head;
@@ -53,7 +55,8 @@ class GPT2Block : public Module {
  public:
   GPT2Block(const GPT2Config& config, Generator& gen);
   Tensor forward(const Tensor& x, Generator& dropout_gen) const;
-  Tensor forward_cached(const Tensor& x, const Tensor& k_cache, const Tensor& v_cache, int64_t start) const;
+  Tensor forward_cached(const Tensor& x, const Tensor& k_cache, const Tensor& v_cache, int64_t start,
+                        const Tensor& key_mask = Tensor()) const;
   LayerNorm ln_1;
   GPT2Attention attn;
   LayerNorm ln_2;

@@ -97,14 +97,15 @@ Tensor LlamaAttention::forward(const Tensor& x, const Tensor& positions, const T
 }
 
 Tensor LlamaAttention::forward_cached(const Tensor& x, const Tensor& positions, const Tensor& cos, const Tensor& sin,
-                                      const Tensor& k_cache, const Tensor& v_cache, int64_t start) const {
+                                      const Tensor& k_cache, const Tensor& v_cache, int64_t start,
+                                      const Tensor& key_mask) const {
   const int64_t B = x.size(0), T = x.size(1);
   Tensor q, k, v;
   project(x, positions, cos, sin, q, k, v);
   write_kv_rows(k_cache, k.transpose_view(1, 2), start);
   write_kv_rows(v_cache, v.transpose_view(1, 2), start);
   Tensor keys = k_cache.slice_view(2, 0, start + T), values = v_cache.slice_view(2, 0, start + T);
-  Tensor y = scaled_dot_product_attention(q.transpose_view(1, 2), keys, values, /*causal=*/true, Tensor(),
+  Tensor y = scaled_dot_product_attention(q.transpose_view(1, 2), keys, values, /*causal=*/true, key_mask,
                                           std::numeric_limits<float>::quiet_NaN(), window);
   return o_proj.forward(y.transpose_view(1, 2).contiguous().view_as_shape({B, T, n_head * head_dim}));
 }
@@ -183,12 +184,16 @@ void Llama::ensure_rope_tables(int64_t length) {
 Tensor Llama::forward_hidden(const Tensor& ids, int64_t start, KVCache* cache) {
   const int64_t T = ids.size(1);
   ensure_rope_tables(start + T);
-  Tensor positions = position_ids(start, T, embed_tokens.weight.device());
+  const Device device = embed_tokens.weight.device();
+  const bool padded = cache && !cache->pad.empty();
+  // Padded rows (batched prompts of different lengths): per-row positions (B, T) and a key mask.
+  Tensor positions = padded ? padded_position_ids(*cache, T, device) : position_ids(start, T, device);
+  Tensor key_mask = padded ? padded_key_mask(*cache, T, device) : Tensor();
   Tensor x = embed_tokens.forward(ids);
   for (size_t i = 0; i < layers.size(); ++i) {
     const LlamaDecoderLayer& layer = *layers[i];
     Tensor h = layer.input_layernorm.forward(x);
-    Tensor a = cache ? layer.self_attn.forward_cached(h, positions, cos_, sin_, cache->k[i], cache->v[i], start)
+    Tensor a = cache ? layer.self_attn.forward_cached(h, positions, cos_, sin_, cache->k[i], cache->v[i], start, key_mask)
                      : layer.self_attn.forward(h, positions, cos_, sin_);
     x = add(x, a);
     x = add(x, layer.mlp.forward(layer.post_attention_layernorm.forward(x)));

@@ -60,9 +60,11 @@ class LlamaAttention : public Module {
   // x (B, T, C); cos/sin rotary tables; positions (T) i32 -> (B, T, C).
   Tensor forward(const Tensor& x, const Tensor& positions, const Tensor& cos, const Tensor& sin) const;
   // Inference: x holds positions [start, start + T); their rotated keys and values go into the
-  // caches (B, Hkv, max_len, D) and the queries attend over [0, start + T).
+  // caches (B, Hkv, max_len, D) and the queries attend over [0, start + T), minus the slots
+  // key_mask (B, start + T) i32 zeroes (may be undefined). positions (T) or (B, T).
   Tensor forward_cached(const Tensor& x, const Tensor& positions, const Tensor& cos, const Tensor& sin,
-                        const Tensor& k_cache, const Tensor& v_cache, int64_t start) const;
+                        const Tensor& k_cache, const Tensor& v_cache, int64_t start,
+                        const Tensor& key_mask = Tensor()) const;
   Linear q_proj, k_proj, v_proj, o_proj;
   int64_t n_head, n_kv_head, head_dim, window;
 

@@ -1,16 +1,20 @@
 // Generation: the KV cache against full recomputation and against PyTorch greedy decoding
-// (tests/reference/generate_reference.py), and the logits processors and samplers against
-// float64 computations of HF transformers' semantics.
+// (tests/reference/generate_reference.py), the logits processors and samplers against float64
+// computations of HF transformers' semantics, batched decoding against one prompt at a time,
+// stop strings and text streaming. (tests/test_generate_hf.cpp compares with transformers itself.)
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <numeric>
+#include <set>
 
 #include "infer/generate.h"
 #include "io/safetensors.h"
 #include "nn/gpt2.h"
+#include "nn/llama.h"
+#include "test_util.h"
 
 using namespace kotoba;
 using infer::GenerationOptions;
@@ -354,4 +358,290 @@ TEST(Generate, StopsOnEosMaxNewTokensContextAndCallback) {
   EXPECT_THROW(infer::generate(*model, std::vector<int32_t>{89}, {}), Error);
   EXPECT_THROW(infer::generate(*model, prompt, {.do_sample = true, .temperature = 0.0f}), Error);
   EXPECT_THROW(infer::generate(*model, prompt, {.do_sample = true, .top_p = 1.5f}), Error);
+}
+
+namespace {
+
+// The tests below draw their models and prompts from the printed per-run seed (KOTOBA_TEST_SEED
+// replays one).
+uint64_t fresh(uint64_t salt) { return kotoba::testing::test_seed() * 0x9e3779b97f4a7c15ull + salt; }
+
+// A small LLaMA (GQA) with spread weights, beside small_model's GPT-2.
+std::unique_ptr<nn::Llama> small_llama(uint64_t seed) {
+  nn::LlamaConfig c;
+  c.vocab_size = 89;
+  c.hidden_size = 32;
+  c.intermediate_size = 48;
+  c.num_hidden_layers = 2;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;
+  c.max_position_embeddings = 48;
+  c.initializer_range = 0.2f;
+  c.seed = seed;
+  return std::make_unique<nn::Llama>(c);
+}
+
+std::vector<std::unique_ptr<nn::CausalLM>> both_families(uint64_t seed) {
+  std::vector<std::unique_ptr<nn::CausalLM>> models;
+  models.push_back(small_model(seed));
+  models.push_back(small_llama(seed + 1));
+  return models;
+}
+
+// Chi-square of sample counts against probabilities (cells with p = 0 must stay empty).
+double chi_square(const std::vector<int>& counts, const std::vector<double>& p, int n, int& cells) {
+  double chi2 = 0;
+  cells = 0;
+  for (size_t i = 0; i < p.size(); ++i) {
+    if (p[i] == 0) {
+      EXPECT_EQ(counts[i], 0) << "token " << i << " was removed but sampled";
+      continue;
+    }
+    const double e = p[i] * n;
+    chi2 += (counts[i] - e) * (counts[i] - e) / e;
+    ++cells;
+  }
+  return chi2;
+}
+
+}  // namespace
+
+TEST(Generate, NoRepeatNGramAndMinPFollowHF) {
+  // n = 2: the last token 3 was followed by 4 and by 1 before, so both are banned.
+  std::vector<float> s(6, 0.5f);
+  infer::NoRepeatNGram(2).apply(std::vector<int32_t>{3, 4, 2, 3, 1, 0, 3}, s);
+  EXPECT_TRUE(std::isinf(s[4]) && std::isinf(s[1]));
+  EXPECT_EQ(std::count_if(s.begin(), s.end(), [](float x) { return std::isinf(x); }), 2);
+  // n = 1 bans every token seen; n = 3 needs two tokens of context first.
+  std::vector<float> t(4, 0.0f);
+  infer::NoRepeatNGram(1).apply(std::vector<int32_t>{2, 0}, t);
+  EXPECT_TRUE(std::isinf(t[0]) && std::isinf(t[2]) && !std::isinf(t[1]) && !std::isinf(t[3]));
+  std::vector<float> u(4, 0.0f);
+  infer::NoRepeatNGram(3).apply(std::vector<int32_t>{1}, u);
+  EXPECT_EQ(u, std::vector<float>(4, 0.0f));
+  EXPECT_THROW(infer::NoRepeatNGram(0), Error);
+  // min_p 0.3: probabilities 0.5, 0.2, 0.16, 0.14 keep those >= 0.15.
+  std::vector<float> m = {std::log(0.2f), std::log(0.5f), std::log(0.14f), std::log(0.16f)};
+  infer::MinP(0.3f).apply({}, m);
+  EXPECT_TRUE(std::isfinite(m[0]) && std::isfinite(m[1]) && std::isfinite(m[3]) && std::isinf(m[2]));
+  std::vector<float> one = {1.0f, 2.0f};
+  infer::MinP(1.0f).apply({}, one);
+  EXPECT_TRUE(std::isinf(one[0]) && one[1] == 2.0f) << "the most probable token always stays";
+  EXPECT_THROW(infer::MinP(1.5f), Error);
+}
+
+TEST(Generate, SampleFrequenciesFollowTheProcessedDistribution) {
+  Generator draw(fresh(41));
+  std::vector<float> logits(60);
+  for (auto& l : logits) l = 1.5f * draw.normal();
+  // Each filter has a say: top-k cuts to 30, top-p to 90% of the mass, min-p what is below 5% of the top.
+  GenerationOptions o{.do_sample = true, .temperature = 1.2f, .top_k = 30, .top_p = 0.9f, .min_p = 0.05f};
+  auto processors = infer::make_logits_processors(o);
+  std::vector<float> processed = logits;
+  infer::apply_processors(processors, {}, processed);
+  std::vector<double> p = probabilities(processed);
+  Generator gen(fresh(7));
+  const int N = 50000;
+  std::vector<int> counts(p.size(), 0);
+  for (int i = 0; i < N; ++i) ++counts[size_t(infer::sample_from_scores(processed, gen))];
+  int cells = 0;
+  const double chi2 = chi_square(counts, p, N, cells);
+  ASSERT_GE(cells, 3);
+  // Degrees of freedom cells - 1 (<= 29 here): the 1e-5 tail of chi2 stays below 3 * dof + 25.
+  EXPECT_LT(chi2, 3.0 * (cells - 1) + 25) << cells << " cells";
+}
+
+TEST(Generate, PaddedBatchComputesWhatEachRowComputesAlone) {
+  for (auto& model : both_families(fresh(31))) {
+    const std::vector<std::vector<int32_t>> prompts = {random_ids(3, 89, fresh(1)), random_ids(9, 89, fresh(2)),
+                                                       random_ids(6, 89, fresh(3))};
+    const int64_t V = model->vocab_size();
+    infer::BatchDecoder batch(*model, true, 20);
+    std::vector<float> got = batch.prefill(prompts);
+    std::vector<std::vector<float>> alone;
+    std::vector<std::unique_ptr<infer::BatchDecoder>> singles;
+    for (const auto& p : prompts) {
+      singles.push_back(std::make_unique<infer::BatchDecoder>(*model, true, 20));
+      alone.push_back(singles.back()->prefill({p}));
+    }
+    auto expect_rows = [&](const std::vector<size_t>& which, const char* when) {
+      for (size_t r = 0; r < which.size(); ++r)
+        for (int64_t v = 0; v < V; ++v)
+          ASSERT_NEAR(got[r * size_t(V) + size_t(v)], alone[which[r]][size_t(v)], 2e-5)
+              << model->model_type() << " row " << r << " " << when;
+    };
+    expect_rows({0, 1, 2}, "after the prefill");
+    std::vector<size_t> live = {0, 1, 2};
+    for (int step = 0; step < 6; ++step) {
+      if (step == 2) {  // the longest prompt leaves; the others shift left over its padding
+        batch.select_rows({0, 2});
+        live = {0, 2};
+      }
+      std::vector<int32_t> tokens;
+      for (size_t r : live) {
+        int32_t t = int32_t((step * 7 + r * 13) % size_t(V));
+        tokens.push_back(t);
+        alone[r] = singles[r]->step(std::vector<int32_t>{t});
+      }
+      got = batch.step(tokens);
+      expect_rows(live, "after a step");
+    }
+  }
+}
+
+TEST(Generate, BatchedGenerationEqualsOneByOne) {
+  for (auto& model : both_families(fresh(57))) {
+    std::vector<std::vector<int32_t>> prompts;
+    for (int64_t n : {4, 11, 1, 7}) prompts.push_back(random_ids(n, 89, fresh(uint64_t(n))));
+    // An EOS the greedy decoding of one prompt meets first at its third token or later: sequences
+    // end at different times.
+    auto first = infer::generate(*model, prompts[0], {.max_new_tokens = 10});
+    int32_t eos = first.ids.back();
+    for (size_t k = 2; k < first.ids.size(); ++k)
+      if (std::find(first.ids.begin(), first.ids.begin() + long(k), first.ids[k]) == first.ids.begin() + long(k)) {
+        eos = first.ids[k];
+        break;
+      }
+    std::vector<GenerationOptions> settings = {
+        {.max_new_tokens = 10, .eos_token_ids = {eos}},
+        {.max_new_tokens = 9, .repetition_penalty = 1.4f, .no_repeat_ngram_size = 2},
+        {.max_new_tokens = 12,
+         .do_sample = true,
+         .temperature = 1.3f,
+         .top_k = 40,
+         .top_p = 0.95f,
+         .min_p = 0.01f,
+         .num_return_sequences = 3,
+         .eos_token_ids = {eos},
+         .seed = 5},
+        {.max_new_tokens = 8, .num_beams = 3, .length_penalty = 0.5, .num_return_sequences = 2, .eos_token_ids = {eos}},
+        {.max_length = 14, .num_beams = 4, .early_stopping = infer::EarlyStopping::never},
+    };
+    for (size_t k = 0; k < settings.size(); ++k) {
+      std::vector<infer::GenerationResult> batch = infer::generate_batch(*model, prompts, settings[k]);
+      std::set<size_t> lengths;
+      for (size_t p = 0; p < prompts.size(); ++p) {
+        infer::GenerationResult alone = infer::generate(*model, prompts[p], settings[k]);
+        GenerationOptions recompute = settings[k];
+        recompute.use_kv_cache = false;
+        infer::GenerationResult plain = infer::generate(*model, prompts[p], recompute);
+        ASSERT_EQ(batch[p].sequences.size(), alone.sequences.size());
+        for (size_t s = 0; s < alone.sequences.size(); ++s) {
+          const std::string where = model->model_type() + " setting " + std::to_string(k) + " prompt " +
+                                    std::to_string(p) + " sequence " + std::to_string(s);
+          EXPECT_EQ(batch[p].sequences[s].ids, alone.sequences[s].ids) << where;
+          EXPECT_EQ(batch[p].sequences[s].finish_reason, alone.sequences[s].finish_reason) << where;
+          EXPECT_EQ(plain.sequences[s].ids, alone.sequences[s].ids) << where << " (recomputed)";
+          lengths.insert(alone.sequences[s].ids.size());
+        }
+      }
+      if (k == 0) {
+        EXPECT_GT(lengths.size(), 1u) << "the EOS should end some sequences early";
+      }
+      if (k == 2) {  // the samples of one prompt differ from each other
+        EXPECT_NE(batch[0].sequences[0].ids, batch[0].sequences[1].ids);
+        EXPECT_EQ(infer::generate_batch(*model, prompts, settings[k])[1].sequences[2].ids, batch[1].sequences[2].ids)
+            << "same seed, same samples";
+      }
+    }
+  }
+}
+
+TEST(Generate, ContextLimitsHoldPerSequenceInABatch) {
+  auto model = small_model(fresh(23));  // n_positions 48
+  std::vector<std::vector<int32_t>> prompts = {random_ids(44, 89, fresh(1)), random_ids(5, 89, fresh(2))};
+  GenerationOptions o{.max_new_tokens = 20};
+  auto batch = infer::generate_batch(*model, prompts, o);
+  EXPECT_EQ(batch[0].ids.size(), 5u);  // positions 44..47, and the last one's prediction
+  EXPECT_EQ(batch[0].finish_reason, infer::FinishReason::context_full);
+  EXPECT_EQ(batch[1].ids.size(), 20u);
+  EXPECT_EQ(batch[1].finish_reason, infer::FinishReason::length);
+  EXPECT_EQ(batch[1].ids, infer::generate(*model, prompts[1], o).ids);
+  // max_length counts each prompt's own tokens.
+  auto by_length = infer::generate_batch(*model, prompts, {.max_length = 47});
+  EXPECT_EQ(by_length[0].ids.size(), 3u);
+  EXPECT_EQ(by_length[1].ids.size(), 42u);
+  EXPECT_EQ(by_length[1].finish_reason, infer::FinishReason::length);
+}
+
+TEST(Generate, StopStringsEndASequenceAndCutItsText) {
+  auto model = small_model(fresh(19));
+  // A detokenizer of its own: token i is the letter 'a' + i % 26, so texts are easy to reason about.
+  infer::Detokenizer letters = [](std::span<const int32_t> ids) {
+    std::string text;
+    for (int32_t id : ids) text += char('a' + id % 26);
+    return text;
+  };
+  std::vector<int32_t> prompt = random_ids(5, 89, fresh(4));
+  auto free = infer::generate(*model, prompt, {.max_new_tokens = 16});
+  const std::string text = letters(free.ids);
+  const std::string stop = text.substr(6, 2);
+  const size_t end = text.find(stop) + stop.size();
+  GenerationOptions o{.max_new_tokens = 16, .stop_strings = {"#none#", stop}, .detokenize = letters};
+  auto stopped = infer::generate(*model, prompt, o);
+  EXPECT_EQ(stopped.finish_reason, infer::FinishReason::stop_string);
+  EXPECT_EQ(stopped.ids, std::vector<int32_t>(free.ids.begin(), free.ids.begin() + long(end)));
+  EXPECT_EQ(stopped.sequences[0].text_end, end);
+  // In a batch only that sequence stops.
+  auto batch = infer::generate_batch(*model, {prompt, random_ids(3, 89, 9)}, o);
+  EXPECT_EQ(batch[0].ids, stopped.ids);
+  EXPECT_THROW(infer::generate(*model, prompt, {.stop_strings = {"x"}}), Error) << "needs a detokenizer";
+}
+
+TEST(Generate, TextStreamNeverSplitsACharacterNorShowsAStopString) {
+  // Byte-level tokens: each id is one byte of the text, so characters of 2-4 bytes arrive split.
+  const std::string text = "añb€c😀d — éÉ STOP here";
+  std::vector<int32_t> ids(text.begin(), text.end());
+  for (auto& id : ids) id &= 0xFF;
+  infer::Detokenizer bytes = [](std::span<const int32_t> part) {
+    std::string out;
+    for (int32_t id : part) out += char(id);
+    return out;
+  };
+  auto valid_utf8 = [](const std::string& s) { return infer::complete_utf8_prefix(s) == s.size(); };
+  infer::TextStream plain(bytes);
+  std::string streamed;
+  for (int32_t id : ids) {
+    std::string piece = plain.push(id);
+    EXPECT_TRUE(valid_utf8(piece)) << "a piece ends inside a character";
+    streamed += piece;
+  }
+  streamed += plain.finish();
+  EXPECT_EQ(streamed, text);
+
+  infer::TextStream stopping(bytes, {"STOP", "é!"});
+  std::string shown;
+  for (int32_t id : ids) {
+    std::string piece = stopping.push(id);
+    shown += piece;
+    if (stopping.stopped()) break;
+    EXPECT_EQ(shown.find('S'), std::string::npos) << "a possible stop string was shown early: " << shown;
+  }
+  EXPECT_TRUE(stopping.stopped());
+  shown += stopping.finish();
+  EXPECT_EQ(shown, text.substr(0, text.find("STOP") + 4));
+  EXPECT_EQ(stopping.text(), shown);
+}
+
+TEST(Generate, OptionErrorsNameTheOption) {
+  auto model = small_model(3);
+  std::vector<int32_t> prompt = random_ids(4, 89, 1);
+  auto message = [&](const GenerationOptions& o, const infer::TokenCallback& cb = {}) {
+    try {
+      infer::generate(*model, prompt, o, cb);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(message({.num_beams = 2, .num_return_sequences = 3}).find("num_return_sequences"), std::string::npos);
+  EXPECT_NE(message({.num_return_sequences = 2}).find("num_return_sequences"), std::string::npos);
+  EXPECT_NE(message({.num_beams = 0}).find("num_beams"), std::string::npos);
+  EXPECT_NE(message({.do_sample = true, .num_beams = 2}).find("num_beams"), std::string::npos);
+  EXPECT_NE(message({.max_length = 3}).find("max_length"), std::string::npos);
+  EXPECT_NE(message({.do_sample = true, .min_p = -0.1f}).find("min_p"), std::string::npos);
+  EXPECT_NE(message({.no_repeat_ngram_size = -2}).find("no_repeat_ngram_size"), std::string::npos);
+  EXPECT_NE(message({.num_beams = 2}, [](int32_t) { return true; }).find("beam search"), std::string::npos);
+  EXPECT_THROW(infer::parse_early_stopping("sometimes"), Error);
+  EXPECT_EQ(infer::parse_early_stopping("never"), infer::EarlyStopping::never);
 }
