@@ -104,15 +104,8 @@ void convert_hf_dir(const std::string& src, const std::string& dst, const Flags&
     // Copies: the source files may be the ones being replaced.
     t = floating && dtype ? from_f32(t, *dtype, name) : t.clone();
   }
-  fs::path target = fs::absolute(dst).lexically_normal();
-  if (target.filename().empty()) target = target.parent_path();
-  KOTOBA_CHECK(!fs::exists(target) || fs::is_directory(target), target.string(), ": exists and is not a directory");
-  fs::create_directories(target.parent_path());
-  fs::path tmp = target.parent_path() / ("." + target.filename().string() + ".tmp-" + std::to_string(::getpid()));
-  std::error_code ec;
-  fs::remove_all(tmp, ec);
-  fs::create_directories(tmp);
-  try {
+  write_directory_atomically(dst, [&](const std::string& tmp_dir) {
+    const fs::path tmp(tmp_dir);
     for (const fs::directory_entry& e : fs::directory_iterator(src)) {
       std::string name = e.path().filename().string();
       if (!e.is_regular_file() || is_weights_file(name)) continue;
@@ -124,12 +117,8 @@ void convert_hf_dir(const std::string& src, const std::string& dst, const Flags&
         fs::copy_file(e.path(), tmp / name);
       }
     }
-    save_model_weights(tmp.string(), tensors, shard);
-    replace_directory(tmp.string(), target.string());
-  } catch (...) {
-    fs::remove_all(tmp, ec);
-    throw;
-  }
+    save_model_weights(tmp_dir, tensors, shard);
+  });
 }
 
 int64_t path_bytes(const std::string& path) {

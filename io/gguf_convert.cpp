@@ -536,15 +536,8 @@ void import_gguf(const std::string& gguf_path, const std::string& model_dir) {
   tokenizer_config["model_max_length"] = model->max_positions();
 
   // The directory: built beside the target, then swapped in.
-  fs::path target = fs::absolute(model_dir).lexically_normal();
-  if (target.filename().empty()) target = target.parent_path();
-  KOTOBA_CHECK(!fs::exists(target) || fs::is_directory(target), target.string(), ": exists and is not a directory");
-  fs::create_directories(target.parent_path());
-  fs::path tmp = target.parent_path() / ("." + target.filename().string() + ".tmp-" + std::to_string(::getpid()));
-  std::error_code ec;
-  fs::remove_all(tmp, ec);
-  fs::create_directories(tmp);
-  try {
+  write_directory_atomically(model_dir, [&](const std::string& tmp_dir) {
+    const fs::path tmp(tmp_dir);
     json config_out = model_config_to_json(*model);
     if (generation.bos_token_id) config_out["bos_token_id"] = *generation.bos_token_id;
     if (generation.eos_token_id) config_out["eos_token_id"] = *generation.eos_token_id;
@@ -554,11 +547,7 @@ void import_gguf(const std::string& gguf_path, const std::string& model_dir) {
                           generation_config_to_json(generation).dump(2) + "\n");
     write_file_atomically((tmp / "tokenizer.json").string(), tokenizer_json.dump(2) + "\n");
     write_file_atomically((tmp / "tokenizer_config.json").string(), tokenizer_config.dump(2) + "\n");
-    replace_directory(tmp.string(), target.string());
-  } catch (...) {
-    fs::remove_all(tmp, ec);
-    throw;
-  }
+  });
 }
 
 }  // namespace kotoba

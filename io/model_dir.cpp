@@ -43,10 +43,6 @@ void write_text_file(const std::string& path, const std::string& text) {
   fsync_path(path, false);
 }
 
-std::string temp_sibling(const fs::path& dir) {
-  fs::path parent = dir.parent_path().empty() ? fs::path(".") : dir.parent_path();
-  return (parent / ("." + dir.filename().string() + ".tmp-" + std::to_string(::getpid()))).string();
-}
 
 }  // namespace
 
@@ -102,6 +98,26 @@ int64_t tokenizer_json_vocab_size(const std::string& path) {
 
 // ---- the directory ----
 
+void write_directory_atomically(const std::string& dir, const std::function<void(const std::string& tmp)>& fill) {
+  fs::path target = fs::absolute(dir).lexically_normal();
+  if (target.filename().empty()) target = target.parent_path();
+  KOTOBA_CHECK(!fs::exists(target) || fs::is_directory(target), target.string(), ": exists and is not a directory");
+  fs::create_directories(target.parent_path());
+  const fs::path tmp =
+      target.parent_path() / ("." + target.filename().string() + ".tmp-" + std::to_string(::getpid()));
+  std::error_code ec;
+  fs::remove_all(tmp, ec);
+  fs::create_directories(tmp);
+  try {
+    fill(tmp.string());
+    fsync_path(tmp.string(), true);
+    replace_directory(tmp.string(), target.string());
+  } catch (...) {
+    fs::remove_all(tmp, ec);
+    throw;
+  }
+}
+
 void replace_directory(const std::string& from, const std::string& to) {
   fs::path parent = fs::path(to).parent_path().empty() ? fs::path(".") : fs::path(to).parent_path();
   std::error_code ec;
@@ -140,27 +156,14 @@ template <typename WriteTokenizer>
 void save_dir_with(const std::string& dir, const nn::CausalLM& model, const GenerationConfig& generation,
                    WriteTokenizer write_tokenizer) {
   KOTOBA_CHECK(!dir.empty(), "save_model_dir: the directory path is empty");
-  fs::path target = fs::absolute(dir).lexically_normal();
-  if (target.filename().empty()) target = target.parent_path();
-  KOTOBA_CHECK(!fs::exists(target) || fs::is_directory(target), target.string(), ": exists and is not a directory");
-  fs::create_directories(target.parent_path());
-  std::string tmp = temp_sibling(target);
-  std::error_code ec;
-  fs::remove_all(tmp, ec);
-  fs::create_directories(tmp);
-  try {
+  write_directory_atomically(dir, [&](const std::string& tmp) {
     std::string tok_path = (fs::path(tmp) / "tokenizer.json").string();
     write_tokenizer(tok_path);
     int64_t tokens = tokenizer_json_vocab_size(tok_path);
     KOTOBA_CHECK(tokens <= model.vocab_size(), "tokenizer.json has ", tokens,
                  " tokens but the model's vocab_size (config.json) is only ", model.vocab_size());
     write_model_files(tmp, model, generation);
-    fsync_path(tmp, true);
-    replace_directory(tmp, target.string());
-  } catch (...) {
-    fs::remove_all(tmp, ec);
-    throw;
-  }
+  });
 }
 
 }  // namespace

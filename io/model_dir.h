@@ -4,6 +4,7 @@
 // they are. Architectures and their key/tensor maps live in io/hf_config.h.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -62,6 +63,11 @@ void save_model_dir(const std::string& dir, const nn::CausalLM& model, const tok
 // Reads a model directory of any supported architecture; errors name the file and the key or
 // tensor at fault.
 LoadedModel load_model_dir(const std::string& dir);
+
+// Builds directory `dir` atomically: `fill` writes the contents into a fresh temporary directory
+// beside it (its argument), which then replaces `dir` (replace_directory); if `fill` throws, the
+// temporary directory is removed and `dir` is untouched. `dir` must be a directory or absent.
+void write_directory_atomically(const std::string& dir, const std::function<void(const std::string& tmp)>& fill);
 
 // Replaces directory `to` by the complete directory `from` atomically where the filesystem can
 // (renameat2 RENAME_EXCHANGE), else by renaming `to` aside first. Shared with checkpoints.
