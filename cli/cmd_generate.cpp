@@ -1,5 +1,7 @@
 // `kotoba generate`: continues one prompt or a batch of them with a model directory's causal LM:
-// greedy, sampled or beam search, streaming the text of a single sequence as the tokens come.
+// greedy, sampled or beam search, streaming the text of a single sequence as the tokens come;
+// --show-probs and --compare-temperatures show the distributions the tokens come from.
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -12,9 +14,11 @@
 
 #include "cli/command.h"
 #include "core/parallel.h"
+#include "core/utf8.h"
 #include "infer/generate.h"
 #include "io/model_dir.h"
 #include "tokenizer/tokenizer.h"
+#include "train/plot.h"
 
 using namespace kotoba;
 using kotoba::cli::Flags;
@@ -55,6 +59,149 @@ std::vector<std::string> read_prompts(const Flags& f) {
   return prompts;
 }
 
+// A token's text made visible: quoted, with \n \t \r \\ \" and other control bytes escaped, and
+// bytes that are not valid UTF-8 (a byte-level token can hold part of a character) as \xNN.
+std::string visible_token(const std::string& bytes) {
+  const bool utf8 = find_invalid_utf8(bytes) == std::string::npos;
+  std::string out = "\"";
+  for (unsigned char b : bytes) {
+    if (b == '\n') out += "\\n";
+    else if (b == '\t') out += "\\t";
+    else if (b == '\r') out += "\\r";
+    else if (b == '\\') out += "\\\\";
+    else if (b == '"') out += "\\\"";
+    else if (b < 0x20 || b == 0x7f || (b >= 0x80 && !utf8)) {
+      char hex[8];
+      std::snprintf(hex, sizeof hex, "\\x%02X", unsigned(b));
+      out += hex;
+    } else out += char(b);
+  }
+  return out + "\"";
+}
+
+// softmax of a scores row in float64 (-inf scores get probability 0).
+std::vector<double> softmax64(std::span<const float> scores, double inverse_temperature = 1.0) {
+  double top = -INFINITY;
+  for (float x : scores) top = std::max(top, double(x) * inverse_temperature);
+  std::vector<double> p(scores.size());
+  double sum = 0;
+  for (size_t i = 0; i < scores.size(); ++i) {
+    const double x = double(scores[i]) * inverse_temperature;
+    p[i] = x == -INFINITY ? 0.0 : std::exp(x - top);
+    sum += p[i];
+  }
+  for (double& v : p) v /= sum;
+  return p;
+}
+
+// The k largest entries' indices, largest first, ties to the lower id; entries with probability 0
+// (removed by a processor) are left out.
+std::vector<int32_t> top_ids(const std::vector<double>& probs, size_t k) {
+  std::vector<int32_t> ids;
+  for (size_t i = 0; i < probs.size(); ++i)
+    if (probs[i] > 0) ids.push_back(int32_t(i));
+  k = std::min(k, ids.size());
+  std::partial_sort(ids.begin(), ids.begin() + std::ptrdiff_t(k), ids.end(), [&](int32_t a, int32_t b) {
+    return probs[size_t(a)] != probs[size_t(b)] ? probs[size_t(a)] > probs[size_t(b)] : a < b;
+  });
+  ids.resize(k);
+  return ids;
+}
+
+// --compare-temperatures: "0.5,1,2" -> {0.5, 1, 2}; each a finite number in (0, 1000].
+std::vector<double> parse_temperatures(const std::string& text) {
+  std::vector<double> out;
+  size_t begin = 0;
+  for (;;) {
+    const size_t end = std::min(text.find(',', begin), text.size());
+    const std::string item = text.substr(begin, end - begin);
+    char* stop = nullptr;
+    const double t = item.empty() ? 0.0 : std::strtod(item.c_str(), &stop);
+    KOTOBA_CHECK(!item.empty() && stop == item.c_str() + item.size() && std::isfinite(t) && t > 0 && t <= 1000,
+                 "generate: --compare-temperatures takes numbers in (0, 1000] separated by commas (e.g. 0.5,1,2); "
+                 "got '", item, "' in '", text, "'");
+    out.push_back(t);
+    if (end == text.size()) break;
+    begin = end + 1;
+  }
+  KOTOBA_CHECK(out.size() <= 10, "generate: --compare-temperatures takes at most 10 temperatures, got ", out.size());
+  return out;
+}
+
+// The next-token distribution after `prompt` at each temperature: softmax(logits / T) of the
+// model's raw logits (no other processor), the `count` most probable tokens in one order for every
+// T (dividing by T does not reorder them). Bars on stdout (or JSON), and a grouped bar PNG.
+void compare_temperatures(nn::CausalLM& model, const tokenizer::Tokenizer& tok, const std::vector<int32_t>& prompt,
+                          const std::vector<double>& temperatures, size_t count, const std::string& png, bool json) {
+  std::vector<float> logits;
+  {
+    infer::BatchDecoder decoder(model, /*use_kv_cache=*/true, int64_t(prompt.size()) + 1);
+    logits = decoder.prefill({prompt});
+  }
+  std::vector<std::vector<double>> probs;
+  for (double t : temperatures) probs.push_back(softmax64(logits, 1.0 / t));
+  const std::vector<int32_t> ids = top_ids(probs[0], count);
+  auto label_of = [](double t) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "T=%g", t);
+    return std::string(buf);
+  };
+  if (json) {
+    nlohmann::json tokens = nlohmann::json::array();
+    for (int32_t id : ids) {
+      nlohmann::json p = nlohmann::json::array();
+      for (const auto& row : probs) p.push_back(row[size_t(id)]);
+      tokens.push_back({{"id", id}, {"text", tok.decode(std::vector<int32_t>{id})}, {"probs", p}});
+    }
+    nlohmann::json out{{"temperatures", temperatures}, {"tokens", tokens}};
+    if (!png.empty()) out["png"] = png;
+    std::cout << out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << std::endl;
+  } else {
+    double most = 0;
+    for (const auto& row : probs)
+      for (int32_t id : ids) most = std::max(most, row[size_t(id)]);
+    size_t name_w = 0;
+    for (double t : temperatures) name_w = std::max(name_w, label_of(t).size());
+    std::cout << "next-token probabilities after the prompt, softmax(logits / T), top " << ids.size() << ":\n";
+    for (int32_t id : ids) {
+      std::cout << visible_token(tok.decode(std::vector<int32_t>{id})) << "  (id " << id << ")\n";
+      for (size_t k = 0; k < temperatures.size(); ++k) {
+        const double p = probs[k][size_t(id)];
+        const std::string label = label_of(temperatures[k]);
+        // 50 columns for the largest probability shown.
+        const size_t cells = most > 0 ? size_t(std::lround(50.0 * p / most)) : 0;
+        std::printf("  %-*s %s%s %.6f\n", int(name_w), label.c_str(), std::string(cells, '#').c_str(),
+                    std::string(50 - cells, ' ').c_str(), p);
+      }
+    }
+    std::fflush(stdout);
+  }
+  if (!png.empty()) {
+    std::vector<std::string> categories;
+    for (int32_t id : ids) categories.push_back(visible_token(tok.decode(std::vector<int32_t>{id})));
+    std::vector<train::BarSeries> series;
+    for (size_t k = 0; k < temperatures.size(); ++k) {
+      train::BarSeries s{label_of(temperatures[k]), {}};
+      for (int32_t id : ids) s.values.push_back(probs[k][size_t(id)]);
+      series.push_back(std::move(s));
+    }
+    train::write_bar_plot(png, categories, series, "Next-token distribution by temperature", "token (most probable first)",
+                          "probability", 800, 500);
+    if (!json) std::fprintf(stderr, "wrote %s (800x500)\n", png.c_str());
+  }
+}
+
+// `--show-probs` may come without its count: then it shows 5 candidates.
+cli::Args with_show_probs_count(cli::Args args) {
+  for (size_t i = 0; i < args.size(); ++i) {
+    if (args[i] != "--show-probs") continue;
+    const bool has_count = i + 1 < args.size() && !args[i + 1].empty() &&
+                           std::all_of(args[i + 1].begin(), args[i + 1].end(), [](char c) { return c >= '0' && c <= '9'; });
+    if (!has_count) args.insert(args.begin() + std::ptrdiff_t(i) + 1, "5");
+  }
+  return args;
+}
+
 int cmd_generate(const cli::Args& args) {
   if (cli::wants_help(args)) {
     std::cout
@@ -78,13 +225,23 @@ int cmd_generate(const cli::Args& args) {
            "  --json prints per prompt {\"text\", \"ids\", \"tokens_per_s\", \"finish_reason\", \"sequences\": [{\"text\",\n"
            "  \"ids\", \"finish_reason\", \"score\"}...]} as a line of stdout (text and ids: the new tokens of the\n"
            "  first sequence; tokens/s over the whole batch, prompts included).\n"
-           "  --no-kv-cache recomputes the whole sequence for every token (for comparison; slow).\n";
+           "  --no-kv-cache recomputes the whole sequence for every token (for comparison; slow).\n"
+           "  --show-probs [K] prints at each step the K (default 5) most probable next tokens (text quoted\n"
+           "  and escaped, id, probability after the processors in use: softmax of the scores the token was\n"
+           "  picked from) and the chosen one (marked *); with --json each sequence gets \"steps\": [{\"chosen\",\n"
+           "  \"chosen_prob\", \"top\": [{\"id\", \"text\", \"prob\"}...]}...]. Not with --num-beams > 1.\n"
+           "  --compare-temperatures 0.5,1,2 [--top-tokens N] [--png FILE] generates nothing: it shows the\n"
+           "  next-token distribution after the (one) prompt, softmax(logits / T) of the raw logits, for each\n"
+           "  T (at most 10), as bars for the N (default 10) most probable tokens, and with --png as a grouped\n"
+           "  bar chart (800x500 PNG, written atomically); with --json as {\"temperatures\", \"tokens\":\n"
+           "  [{\"id\", \"text\", \"probs\"}...]}.\n";
     return 0;
   }
-  Flags f = Flags::parse(args, "generate",
+  Flags f = Flags::parse(with_show_probs_count(args), "generate",
                          {"prompt", "prompts-file", "max-new-tokens", "max-length", "temperature", "top-k", "top-p",
                           "min-p", "repetition-penalty", "no-repeat-ngram-size", "num-beams", "length-penalty",
-                          "early-stopping", "num-return-sequences", "stop", "seed", "threads"},
+                          "early-stopping", "num-return-sequences", "stop", "seed", "threads", "show-probs",
+                          "compare-temperatures", "top-tokens", "png"},
                          {"greedy", "json", "no-kv-cache"}, 1);
   KOTOBA_CHECK(f.positional().size() == 1,
                "generate: expected the model directory (kotoba generate MODEL --prompt TEXT)");
@@ -143,6 +300,16 @@ int cmd_generate(const cli::Args& args) {
   if (eos) o.eos_token_ids = {*eos};
   o.detokenize = [&tok](std::span<const int32_t> ids) { return tok.decode(ids); };
 
+  const int64_t show_probs = f.integer("show-probs", 0);
+  KOTOBA_CHECK(!f.has("show-probs") || (show_probs >= 1 && show_probs <= 1000),
+               "generate: --show-probs must be in 1..1000, got ", show_probs);
+  KOTOBA_CHECK(!f.has("show-probs") || o.num_beams == 1,
+               "generate: --show-probs needs greedy decoding or sampling, not --num-beams ", o.num_beams);
+  KOTOBA_CHECK(!f.has("png") || f.has("compare-temperatures"), "generate: --png needs --compare-temperatures");
+  KOTOBA_CHECK(!f.has("top-tokens") || f.has("compare-temperatures"),
+               "generate: --top-tokens needs --compare-temperatures");
+  KOTOBA_CHECK(!f.has("png") || !f.str("png").empty(), "generate: --png needs a file name");
+
   const std::vector<std::string> prompt_texts = read_prompts(f);
   std::vector<std::vector<int32_t>> prompts;
   const int64_t context = loaded.model->max_positions();
@@ -160,6 +327,46 @@ int cmd_generate(const cli::Args& args) {
     prompts.push_back(std::move(ids));
   }
 
+  if (f.has("compare-temperatures")) {
+    const std::vector<double> temperatures = parse_temperatures(f.str("compare-temperatures"));
+    KOTOBA_CHECK(prompts.size() == 1, "generate: --compare-temperatures takes one prompt, got ", prompts.size());
+    KOTOBA_CHECK(!f.has("show-probs"), "generate: give --compare-temperatures or --show-probs, not both");
+    const int64_t count = f.integer("top-tokens", 10);
+    KOTOBA_CHECK(count >= 1 && count <= std::min<int64_t>(100, loaded.model->vocab_size()),
+                 "generate: --top-tokens must be in 1..", std::min<int64_t>(100, loaded.model->vocab_size()), ", got ",
+                 count);
+    compare_temperatures(*loaded.model, tok, prompts[0], temperatures, size_t(count), f.str("png"), f.has("json"));
+    return 0;
+  }
+
+  // --show-probs: each step's candidates, per prompt and sequence, kept for --json and printed
+  // as they come otherwise.
+  std::vector<std::vector<nlohmann::json>> steps(prompts.size(),
+                                                 std::vector<nlohmann::json>(size_t(o.num_return_sequences)));
+  const bool several = prompts.size() > 1 || o.num_return_sequences > 1;
+  if (show_probs > 0)
+    o.observe_scores = [&](size_t prompt, size_t sequence, std::span<const float> scores, int32_t chosen) {
+      const std::vector<double> probs = softmax64(scores);
+      nlohmann::json& list = steps[prompt][sequence];
+      if (list.is_null()) list = nlohmann::json::array();
+      if (f.has("json")) {
+        nlohmann::json top = nlohmann::json::array();
+        for (int32_t id : top_ids(probs, size_t(show_probs)))
+          top.push_back({{"id", id}, {"text", tok.decode(std::vector<int32_t>{id})}, {"prob", probs[size_t(id)]}});
+        list.push_back({{"chosen", chosen}, {"chosen_prob", probs[size_t(chosen)]}, {"top", top}});
+        return;
+      }
+      std::printf("%sstep %zu: chose %s (id %d, p %.6f)\n",
+                  several ? ("[prompt " + std::to_string(prompt) + ", sequence " + std::to_string(sequence) + "] ").c_str()
+                          : "",
+                  list.size(), visible_token(tok.decode(std::vector<int32_t>{chosen})).c_str(), int(chosen),
+                  probs[size_t(chosen)]);
+      for (int32_t id : top_ids(probs, size_t(show_probs)))
+        std::printf("  %c %.6f  %6d  %s\n", id == chosen ? '*' : ' ', probs[size_t(id)], int(id),
+                    visible_token(tok.decode(std::vector<int32_t>{id})).c_str());
+      list.push_back(nullptr);  // counts the steps
+    };
+
   // The text of a sequence: without its EOS, cut after a stop string.
   auto text_of = [&](const infer::GeneratedSequence& s) {
     std::vector<int32_t> ids = s.ids;
@@ -168,7 +375,8 @@ int cmd_generate(const cli::Args& args) {
     if (s.finish_reason == infer::FinishReason::stop_string) text.resize(std::min(text.size(), s.text_end));
     return text;
   };
-  const bool stream = prompts.size() == 1 && o.num_beams == 1 && o.num_return_sequences == 1;
+  // --show-probs prints its own lines per step, which would cut through streamed text.
+  const bool stream = prompts.size() == 1 && o.num_beams == 1 && o.num_return_sequences == 1 && show_probs == 0;
   std::vector<infer::GenerationResult> results;
   if (stream) {
     std::cout << prompt_texts[0] << std::flush;
@@ -182,7 +390,9 @@ int cmd_generate(const cli::Args& args) {
     std::cout << text.finish() << "\n";
   } else {
     results = infer::generate_batch(*loaded.model, prompts, o);
-    if (!f.has("json"))
+    if (!f.has("json") && show_probs > 0 && !several)
+      std::cout << prompt_texts[0] << text_of(results[0].sequences[0]) << "\n";
+    else if (!f.has("json"))
       for (size_t p = 0; p < results.size(); ++p)
         for (size_t s = 0; s < results[p].sequences.size(); ++s) {
           std::cout << "[prompt " << p << (results[p].sequences.size() > 1 ? ", sequence " + std::to_string(s) : "")
@@ -195,18 +405,26 @@ int cmd_generate(const cli::Args& args) {
   for (const auto& r : results)
     for (const auto& s : r.sequences) total_tokens += s.ids.size();
   if (f.has("json")) {
-    for (const auto& r : results) {
+    for (size_t p = 0; p < results.size(); ++p) {
+      const infer::GenerationResult& r = results[p];
       nlohmann::json sequences = nlohmann::json::array();
-      for (const auto& s : r.sequences)
+      for (size_t q = 0; q < r.sequences.size(); ++q) {
+        const infer::GeneratedSequence& s = r.sequences[q];
         sequences.push_back({{"text", text_of(s)},
                              {"ids", s.ids},
                              {"finish_reason", infer::finish_reason_name(s.finish_reason)},
                              {"score", s.score}});
+        if (show_probs > 0) {
+          const nlohmann::json& list = steps[p][q];
+          sequences.back()["steps"] = list.is_null() ? nlohmann::json::array() : list;
+        }
+      }
       nlohmann::json out{{"text", sequences[0]["text"]},
                          {"ids", r.ids},
                          {"tokens_per_s", r.tokens_per_second()},
                          {"finish_reason", infer::finish_reason_name(r.finish_reason)},
                          {"sequences", sequences}};
+      if (show_probs > 0) out["steps"] = sequences[0]["steps"];
       // Byte-level BPE can stop inside a character: replace invalid UTF-8 rather than fail.
       std::cout << out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << std::endl;
     }

@@ -414,6 +414,7 @@ void decode_greedy_or_sampled(nn::CausalLM& model, const std::vector<std::vector
       apply_processors(processors, row.context, s);
       const int32_t next = o.do_sample ? sample_from_scores(s, generators[row.prompt]) : argmax(s);
       timing.token_chosen();
+      if (o.observe_scores) o.observe_scores(row.prompt, row.sequence, s, next);
       row.context.push_back(next);
       GeneratedSequence& out = results[row.prompt].sequences[row.sequence];
       out.ids.push_back(next);
@@ -642,6 +643,8 @@ std::vector<GenerationResult> generate_batch(nn::CausalLM& model, const std::vec
   LogitsProcessorList processors = make_logits_processors(options);
   KOTOBA_CHECK(!on_token || options.num_beams == 1,
                "generate: tokens cannot be streamed with beam search (they are final only at the end)");
+  KOTOBA_CHECK(!options.observe_scores || options.num_beams == 1,
+               "generate: the scores observer needs greedy decoding or sampling, not beam search");
   std::vector<GenerationResult> results(prompts.size());
   Timing timing;
   if (options.num_beams > 1)

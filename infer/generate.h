@@ -113,6 +113,14 @@ EarlyStopping parse_early_stopping(const std::string& text);  // "false", "true"
 // ids -> text bytes (the tokenizer's decode), needed for stop strings.
 using Detokenizer = std::function<std::string(std::span<const int32_t>)>;
 
+// Sees each step's next-token scores of one sequence after every processor and warper in use
+// (so softmax(scores) is the distribution the token was drawn from, or its argmax under greedy
+// decoding; removed tokens are -inf) and the token chosen from them. Greedy decoding and
+// sampling only: beam search rejects it. For tools that show what the model does
+// (`kotoba generate --show-probs`); it must not keep the span.
+using ScoresObserver =
+    std::function<void(size_t prompt, size_t sequence, std::span<const float> scores, int32_t chosen)>;
+
 struct GenerationOptions {
   int64_t max_new_tokens = 64;
   int64_t max_length = 0;  // > 0: prompt + generated tokens at most this, instead of max_new_tokens
@@ -140,6 +148,7 @@ struct GenerationOptions {
   // the prompt and the seed only, not on what it is batched with.
   uint64_t seed = 0;
   bool use_kv_cache = true;  // false recomputes each whole sequence per token (checks, benchmarks)
+  ScoresObserver observe_scores = {};  // empty: nothing observes
 };
 
 // HF's order: processors (repetition penalty, no-repeat n-grams), then when sampling the warpers

@@ -237,4 +237,86 @@ void write_line_plot(const std::string& path, const std::vector<Series>& series,
   write_png(path, c.px, width, height, 3);
 }
 
+void write_bar_plot(const std::string& path, const std::vector<std::string>& categories,
+                    const std::vector<BarSeries>& series, const std::string& title, const std::string& x_label,
+                    const std::string& y_label, int width, int height) {
+  KOTOBA_CHECK(width >= 160 && height >= 120 && width <= 8192 && height <= 8192, path, ": plot size ", width, "x",
+               height, " is outside 160x120..8192x8192");
+  KOTOBA_CHECK(!categories.empty() && !series.empty(), path, ": a bar plot needs at least one category and series");
+  double ymax = 0;
+  for (const auto& s : series) {
+    KOTOBA_CHECK(s.values.size() == categories.size(), path, ": series '", s.name, "' has ", s.values.size(),
+                 " values for ", categories.size(), " categories");
+    for (double v : s.values) {
+      KOTOBA_CHECK(std::isfinite(v) && v >= 0, path, ": series '", s.name, "' has the value ", v,
+                   " (bars need finite values >= 0)");
+      ymax = std::max(ymax, v);
+    }
+  }
+  const int scale = (width >= 480 && height >= 300) ? 2 : 1;
+  const int line_h = kLineH * scale, gap = 4 * scale;
+  // Legend rows sit above the frame, so bars are never hidden behind it.
+  int name_w = 0;
+  for (const auto& s : series) name_w = std::max(name_w, text_width(s.name, scale));
+  const int swatch = 10 * scale, entry_w = swatch + gap * 2 + name_w + gap * 3;
+  const int per_row = std::max(1, (width - gap * 4) / entry_w);
+  const int legend_rows = (int(series.size()) + per_row - 1) / per_row;
+  int top = gap * 2 + line_h * (title.empty() ? 0 : 2) + legend_rows * (line_h + gap) + gap;
+  int bottom = height - (gap * 4 + line_h * 2);
+  // y from 0 to the largest value (0..1 when all are 0), 5 % headroom above it.
+  Axis ya = make_axis(0, ymax > 0 ? ymax : 1, 0.0, std::max(2, (bottom - top) / (28 * scale)));
+  ya.hi *= 1.05;
+  int label_w = 0;
+  for (double t : ya.ticks) label_w = std::max(label_w, text_width(tick_label(t, ya.step), scale));
+  int left = gap * 2 + (y_label.empty() ? 0 : line_h + gap) + label_w + gap;
+  int right = width - gap * 2;
+  KOTOBA_CHECK(right - left > 20 && bottom - top > 20, path, ": plot size ", width, "x", height,
+               " leaves no room for the data");
+  auto to_py = [&](double y) { return bottom - (y - ya.lo) / (ya.hi - ya.lo) * (bottom - top); };
+
+  Canvas c(width, height);
+  for (double t : ya.ticks) {
+    int y = int(std::lround(to_py(t)));
+    c.fill(left, y, right, y, kGrid);
+    c.fill(left - gap, y, left, y, kAxis);
+    std::string s = tick_label(t, ya.step);
+    draw_text(c, left - gap - scale * 2 - text_width(s, scale), y - kGlyphH * scale / 2, s, scale, kInk);
+  }
+  // Each category gets an equal slot; its bars fill 80 % of the slot, side by side.
+  const double slot = double(right - left) / double(categories.size());
+  const double bar_w = slot * 0.8 / double(series.size());
+  for (size_t i = 0; i < categories.size(); ++i) {
+    const double x0 = left + slot * double(i) + slot * 0.1;
+    for (size_t k = 0; k < series.size(); ++k) {
+      int bx0 = int(std::lround(x0 + bar_w * double(k))), bx1 = int(std::lround(x0 + bar_w * double(k + 1))) - 1;
+      int by = int(std::lround(to_py(series[k].values[i])));
+      if (bx1 < bx0) bx1 = bx0;
+      if (by < bottom) c.fill(bx0, by, bx1, bottom - 1, kPalette[k % std::size(kPalette)]);
+    }
+    // The label, cut to the slot's width.
+    std::string label = categories[i];
+    const int room = int(slot) - scale * 2;
+    if (text_width(label, scale) > room) {
+      while (!label.empty() && text_width(label + "..", scale) > room) label.pop_back();
+      label += "..";
+    }
+    const int cx = int(std::lround(left + slot * (double(i) + 0.5)));
+    c.fill(cx, bottom, cx, bottom + gap, kAxis);
+    draw_text(c, cx - text_width(label, scale) / 2, bottom + gap + scale * 2, label, scale, kInk);
+  }
+  c.fill(left, top, right, top, kAxis), c.fill(left, bottom, right, bottom, kAxis);
+  c.fill(left, top, left, bottom, kAxis), c.fill(right, top, right, bottom, kAxis);
+  draw_text(c, (width - text_width(title, scale)) / 2, gap * 2, title, scale, kInk);
+  draw_text(c, (left + right - text_width(x_label, scale)) / 2, height - gap - line_h, x_label, scale, kInk);
+  draw_text(c, gap * 2, (top + bottom + text_width(y_label, scale)) / 2, y_label, scale, kInk, true);
+  const int legend_top = gap * 2 + line_h * (title.empty() ? 0 : 2);
+  for (size_t k = 0; k < series.size(); ++k) {
+    int row = int(k) / per_row, col = int(k) % per_row;
+    int x = left + col * entry_w, y = legend_top + row * (line_h + gap);
+    c.fill(x, y + line_h / 2 - scale * 2, x + swatch, y + line_h / 2 + scale * 2 - 1, kPalette[k % std::size(kPalette)]);
+    draw_text(c, x + swatch + gap * 2, y + scale, series[k].name, scale, kInk);
+  }
+  write_png(path, c.px, width, height, 3);
+}
+
 }  // namespace kotoba::train

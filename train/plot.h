@@ -20,4 +20,16 @@ struct Series {
 void write_line_plot(const std::string& path, const std::vector<Series>& series, const std::string& title,
                      const std::string& x_label, const std::string& y_label, int width = 800, int height = 500);
 
+// Grouped bar chart: one group of bars per category (its label under the group, cut with ".."
+// to the group's width), one bar per series in every group, in the series' colours with a
+// legend; the y axis starts at 0. Every series has one value per category, finite and >= 0.
+// Same frame, font, palette and atomic write as write_line_plot.
+struct BarSeries {
+  std::string name;
+  std::vector<double> values;
+};
+void write_bar_plot(const std::string& path, const std::vector<std::string>& categories,
+                    const std::vector<BarSeries>& series, const std::string& title, const std::string& x_label,
+                    const std::string& y_label, int width = 800, int height = 500);
+
 }  // namespace kotoba::train
