@@ -13,6 +13,7 @@
 #include "chat/chat_template.h"
 #include "chat/conversation.h"
 #include "cli/command.h"
+#include "core/utf8.h"
 #include "core/parallel.h"
 #include "infer/generate.h"
 #include "io/model_dir.h"
@@ -235,7 +236,8 @@ int cmd_chat(const cli::Args& args) {
     try {
       const std::string reply = session.reply(conversation, [](const std::string& piece) { std::cout << piece << std::flush; });
       std::cout << "\n";
-      conversation.add_assistant(reply);
+      // Random or small models can emit bytes that are not UTF-8; the history keeps what was shown.
+      conversation.add_assistant(replace_invalid_utf8(reply));
     } catch (const Error& e) {
       // A turn that does not fit is the user's to shorten; the session goes on without it.
       std::cout << "\n";

@@ -13,6 +13,7 @@
 #include "chat/conversation.h"
 #include "chat/prompt_template.h"
 #include "core/error.h"
+#include "core/utf8.h"
 #include "test_util.h"
 #include "tokenizer/tokenizer_config.h"
 
@@ -253,6 +254,11 @@ bool read_until(int fd, std::string& seen, const std::string& wanted, size_t fro
 }
 
 }  // namespace
+
+TEST(ChatCli, HistoryKeepsRepliesAsShown) {
+  EXPECT_EQ(replace_invalid_utf8("a\xff b\xe3\x81"), "a\xEF\xBF\xBD b\xEF\xBF\xBD\xEF\xBF\xBD");
+  EXPECT_EQ(replace_invalid_utf8("caf\xc3\xa9"), "caf\xc3\xa9");
+}
 
 // The REPL on a terminal: start, two turns (each streams a reply and prompts again), /reset, bye.
 TEST(ChatCli, ReplThroughPseudoTerminal) {
