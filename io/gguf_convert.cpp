@@ -20,6 +20,7 @@
 #include "io/json_util.h"
 #include "io/model_dir.h"
 #include "io/safetensors.h"
+#include "tokenizer/pretokenize.h"
 #include "tokenizer/tokenizer_config.h"
 
 namespace kotoba {
@@ -33,14 +34,8 @@ namespace {
 // llama.cpp's llama_token_type values (tokenizer.ggml.token_type).
 constexpr int32_t kTokenNormal = 1, kTokenControl = 3, kTokenUserDefined = 4, kTokenUnused = 5;
 
-// The pre-tokenizer regexes of HF tokenizer.json files that llama.cpp knows by a tokenizer.ggml.pre
-// name (plain GPT-2 is ByteLevel's built-in regex, named "gpt-2").
-const char* const kLlama3Pattern =
-    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|"
-    "\\s+(?!\\S)|\\s+";
-const char* const kQwen2Pattern =
-    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|"
-    "\\s+(?!\\S)|\\s+";
+// The Split regexes llama.cpp knows by a tokenizer.ggml.pre name are tokenizer/pretokenize.h's
+// (plain GPT-2 is ByteLevel's built-in regex, named "gpt-2").
 
 // LLaMA's q/k rows: HF orders each head's rotary pairs as (i, i + D/2) ("rotate_half"), llama.cpp's
 // llama rope as adjacent (2i, 2i + 1). Export moves HF row h*D + half*D/2 + j to h*D + 2j + half;
@@ -155,8 +150,8 @@ std::string pre_tokenizer_name(const json& tok, const std::string& file) {
     if (type_of(split) == "Split" && type_of(byte_level) == "ByteLevel" && !byte_level.value("use_regex", true) &&
         split.contains("pattern") && split["pattern"].contains("Regex")) {
       std::string pattern = split["pattern"]["Regex"].get<std::string>();
-      if (pattern == kLlama3Pattern && norm.is_null()) return "llama-bpe";
-      if (pattern == kQwen2Pattern && (norm.is_null() || type_of(norm) == "NFC")) return "qwen2";
+      if (pattern == tokenizer::kLlama3Pattern && norm.is_null()) return "llama-bpe";
+      if (pattern == tokenizer::kQwen2Pattern && (norm.is_null() || type_of(norm) == "NFC")) return "qwen2";
     }
   }
   throw Error(file + ": pre_tokenizer " + pre.dump().substr(0, 200) +
@@ -350,7 +345,8 @@ json rebuild_tokenizer_json(const GGUFFile& f, const std::vector<std::string>& t
     pre_tokenizer = json{{"type", "Sequence"},
                          {"pretokenizers",
                           {json{{"type", "Split"},
-                                {"pattern", {{"Regex", pre == "qwen2" ? kQwen2Pattern : kLlama3Pattern}}},
+                                {"pattern", {{"Regex", pre == "qwen2" ? tokenizer::kQwen2Pattern
+                                                                          : tokenizer::kLlama3Pattern}}},
                                 {"behavior", "Isolated"},
                                 {"invert", false}},
                            byte_level(false)}}};

@@ -13,6 +13,17 @@
 
 namespace kotoba::tokenizer {
 
+// The Split regexes of HF tokenizer.json files that kotoba's hand-written scanners implement,
+// recognised by their exact text (GPT-2's is also ByteLevel's built-in one).
+inline constexpr const char* kGpt2Pattern =
+    "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
+inline constexpr const char* kLlama3Pattern =
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|"
+    "\\s+(?!\\S)|\\s+";
+inline constexpr const char* kQwen2Pattern =
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|"
+    "\\s+(?!\\S)|\\s+";
+
 enum class CharClass : uint8_t { other = 0, letter = 1, number = 2, space = 3 };
 
 // The class of a code point under the table in unicode_ranges.inc (Unicode 16.0, as HF tokenizers 0.23).
