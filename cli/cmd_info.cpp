@@ -34,15 +34,18 @@ bool is_linear_weight(const std::string& name) {
 
 bool is_conv1d_layout(const std::string& name) { return name.find("_proj.weight") == std::string::npos; }
 
-std::string describe_architecture(const nn::CausalLM& model) {
+// Parses config.json the way loading the model would (same checks and errors), without building
+// the model: info must not allocate the weights of a model it only describes.
+std::string describe_architecture(const nlohmann::json& config, const std::string& file) {
   char buf[512];
-  if (auto* gpt2 = dynamic_cast<const nn::GPT2*>(&model)) {
-    const nn::GPT2Config& c = gpt2->config();
+  const std::string type = config.value("model_type", std::string());
+  if (type == "gpt2") {
+    const nn::GPT2Config c = gpt2_config_from_json(config, file);
     std::snprintf(buf, sizeof buf, "GPT-2, %lld layers, n_embd %lld, %lld heads, context %lld, vocabulary %lld",
                   (long long)c.n_layer, (long long)c.n_embd, (long long)c.n_head, (long long)c.n_positions,
                   (long long)c.vocab_size);
-  } else if (auto* llama = dynamic_cast<const nn::Llama*>(&model)) {
-    const nn::LlamaConfig& c = llama->config();
+  } else if (type == "llama" || type == "mistral" || type == "qwen2") {
+    const nn::LlamaConfig c = llama_config_from_json(config, file);
     const char* scaling[] = {"", ", linear RoPE scaling", ", llama3 RoPE scaling"};
     std::snprintf(buf, sizeof buf,
                   "%s, %lld layers, hidden %lld, %lld heads (%lld key/value heads, head_dim %lld), MLP %lld, "
@@ -54,7 +57,8 @@ std::string describe_architecture(const nn::CausalLM& model) {
                   c.sliding_window > 0 ? (", sliding window " + std::to_string(c.sliding_window)).c_str() : "",
                   c.tie_word_embeddings ? ", tied embeddings" : "");
   } else {
-    std::snprintf(buf, sizeof buf, "%s", model.model_type().c_str());
+    build_model(config, file);  // throws the error naming the missing or unsupported model_type
+    return type;
   }
   return buf;
 }
@@ -92,11 +96,10 @@ int cmd_info(const cli::Args& args) {
   KOTOBA_CHECK(fs::is_directory(dir), dir, ": not a model directory");
   std::string config_path = (fs::path(dir) / "config.json").string();
   const nlohmann::json config = json_util::read_json_file(config_path);
-  // Building the model checks the config the way loading it would; only the shapes are used.
-  const std::unique_ptr<nn::CausalLM> model = build_model(config, config_path);
+  const std::string description = describe_architecture(config, config_path);
   // memory-mapped (model.safetensors or the shards of its index): only the headers are read here
   const std::map<std::string, Tensor> tensors = load_model_weights(dir);
-  const bool tied = config.value("tie_word_embeddings", model->model_type() == "gpt2");
+  const bool tied = config.value("tie_word_embeddings", config.value("model_type", std::string()) == "gpt2");
 
   double linear = 0, linear_rows = 0, other = 0, nf4_blocks = 0, dq_groups = 0;
   for (auto& [name, t] : tensors) {
@@ -135,7 +138,7 @@ int cmd_info(const cli::Args& args) {
     std::cout << j.dump() << std::endl;
     return 0;
   }
-  std::printf("%s: %s\n", dir.c_str(), describe_architecture(*model).c_str());
+  std::printf("%s: %s\n", dir.c_str(), description.c_str());
   std::printf("parameters: %lld (%.2fM; %lld in Linear weights, %lld in embeddings, biases, norms%s)\n\n",
               (long long)params, params / 1e6, (long long)linear, (long long)other,
               tied ? "; LM head tied" : " and the LM head");
