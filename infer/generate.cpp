@@ -119,7 +119,7 @@ int32_t argmax(std::span<const float> scores) {
 int32_t sample_from_scores(std::span<const float> scores, Generator& gen) {
   KOTOBA_CHECK(!scores.empty(), "sample: no scores");
   const float top = *std::max_element(scores.begin(), scores.end());
-  KOTOBA_CHECK(std::isfinite(top), "sample: no token has a finite score (max ", top, ")");
+  KOTOBA_CHECK(std::isfinite(top), "sample: every token was removed by the logits processors or has a non-finite score (max ", top, "); loosen no_repeat_ngram_size, top_k, top_p or min_p");
   double total = 0;
   for (float s : scores) total += std::exp(double(s) - top);
   // 48 random bits from two 24-bit draws, so tiny probabilities of large vocabularies are reachable.
