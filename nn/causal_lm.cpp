@@ -15,6 +15,36 @@ Tensor CausalLM::loss(const Tensor& ids, const Tensor& targets) {
   return cross_entropy(logits(ids), targets, -100, /*overwrite_logits=*/true);
 }
 
+Tensor CausalLM::packed_loss(const PackedBatch& batch) {
+  KOTOBA_CHECK(batch.targets.defined() && batch.targets.shape() == batch.ids.shape(), model_type(),
+               ": packed targets shape ", batch.targets.defined() ? shape_str(batch.targets.shape()) : "(undefined)",
+               " does not match ids shape ", shape_str(batch.ids.shape()));
+  return cross_entropy(packed_logits(batch.ids, batch.positions, batch.segments), batch.targets, -100,
+                       /*overwrite_logits=*/true);
+}
+
+int64_t CausalLM::check_packed_call(const Tensor& ids, const Tensor& positions, const Tensor& segments) const {
+  KOTOBA_CHECK(ids.defined() && ids.ndim() == 2 && ids.dtype() == DType::i32, model_type(),
+               ": packed ids must be (B, T) i32, got ", ids.defined() ? shape_str(ids.shape()) : "(undefined)");
+  for (auto [name, t] : {std::pair<const char*, const Tensor*>{"positions", &positions}, {"segments", &segments}})
+    KOTOBA_CHECK(t->defined() && t->dtype() == DType::i32 && t->shape() == ids.shape(), model_type(), ": packed ",
+                 name, " must be i32 of the ids' shape ", shape_str(ids.shape()), ", got ",
+                 t->defined() ? std::string(dtype_name(t->dtype())) + " " + shape_str(t->shape()) : "(undefined)");
+  KOTOBA_CHECK(ids.size(1) >= 1 && ids.size(1) <= max_positions(), model_type(), ": packed row length ", ids.size(1),
+               " is outside [1, ", max_positions(), "]");
+  KOTOBA_CHECK(segments.device() == ids.device() && positions.device() == ids.device(), model_type(),
+               ": packed ids, positions and segments must share a device");
+  const Tensor host = positions.device() == Device::cpu ? positions.contiguous() : to_device(positions, Device::cpu);
+  const int32_t* p = host.data<int32_t>();
+  int64_t largest = 0;
+  for (int64_t i = 0; i < host.numel(); ++i) {
+    KOTOBA_CHECK(p[i] >= 0 && p[i] < max_positions(), model_type(), ": packed position ", p[i], " at index ", i,
+                 " is outside [0, ", max_positions(), ")");
+    largest = std::max<int64_t>(largest, p[i]);
+  }
+  return largest;
+}
+
 void CausalLM::check_cached_call(const Tensor& ids, const KVCache& cache, int64_t n_layers, const char* model) const {
   KOTOBA_CHECK(ids.ndim() == 2 && ids.dtype() == DType::i32, model, ": ids must be (B, T) i32, got ",
                dtype_name(ids.dtype()), " ", shape_str(ids.shape()));

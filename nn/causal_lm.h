@@ -31,6 +31,16 @@ struct KVCache {
   void select_rows(const std::vector<int64_t>& rows);
 };
 
+// Several examples packed into each row of a batch (data/packing.h builds them): ids and
+// targets (B, T) i32 as for CausalLM::loss (targets already shifted: targets[b][t] is the token
+// that should follow ids[b][t], -100 where nothing is predicted — the last token of every
+// example and padding); positions (B, T) i32 restart at 0 with each example; segments (B, T) i32
+// say which example a token belongs to. Attention never crosses from one segment into another,
+// so each example computes exactly what it would alone.
+struct PackedBatch {
+  Tensor ids, targets, positions, segments;
+};
+
 class CausalLM : public Module {
  public:
   // HF's model_type of the architecture: "gpt2", "llama", "mistral", "qwen2".
@@ -44,6 +54,13 @@ class CausalLM : public Module {
   // ids, targets (B, T) i32 -> mean next-token cross-entropy over targets != -100. The logits
   // buffer is reused for their gradient: no (B, T, V) gradient is allocated.
   virtual Tensor loss(const Tensor& ids, const Tensor& targets);
+
+  // Packed rows: ids, positions, segments (B, T) i32 (see PackedBatch) -> logits (B, T, V), each
+  // token's as if its example ran alone from position 0.
+  virtual Tensor packed_logits(const Tensor& ids, const Tensor& positions, const Tensor& segments) = 0;
+  // Mean next-token cross-entropy over the batch's targets != -100, i.e. the token-weighted mean
+  // of the examples' losses. Like loss(), the logits buffer is reused for their gradient.
+  Tensor packed_loss(const PackedBatch& batch);
 
   // Incremental decoding (inference only: no dropout, nothing recorded). A cache for `batch`
   // sequences of up to max_len positions (0: max_positions()), on the parameters' device/dtype.
@@ -59,6 +76,9 @@ class CausalLM : public Module {
   explicit CausalLM(uint64_t dropout_seed) : dropout_gen_(dropout_seed) {}
   // Checks ids (B, T) i32 and the cache before logits_cached; `model` names the caller in errors.
   void check_cached_call(const Tensor& ids, const KVCache& cache, int64_t n_layers, const char* model) const;
+  // Checks a packed call's ids, positions and segments ((B, T) i32 alike, positions in
+  // [0, max_positions())) and returns the largest position.
+  int64_t check_packed_call(const Tensor& ids, const Tensor& positions, const Tensor& segments) const;
   // A cache of n_layers (batch, kv_heads, max_len, head_dim) buffers like `like`.
   static KVCache allocate_kv_cache(int64_t n_layers, int64_t batch, int64_t kv_heads, int64_t max_len,
                                    int64_t head_dim, const Tensor& like);

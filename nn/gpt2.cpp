@@ -16,9 +16,9 @@ GPT2Attention::GPT2Attention(const GPT2Config& c, Generator& gen)
   register_module("c_proj", c_proj);
 }
 
-Tensor GPT2Attention::forward(const Tensor& x, Generator& dropout_gen) const {
-  Tensor qkv = c_attn.forward(x);                                  // (B, T, 3C)
-  Tensor y = attention_packed_qkv(qkv, n_head, /*causal=*/true);   // (B, T, C)
+Tensor GPT2Attention::forward(const Tensor& x, Generator& dropout_gen, const Tensor& segments) const {
+  Tensor qkv = c_attn.forward(x);                                                      // (B, T, 3C)
+  Tensor y = attention_packed_qkv(qkv, n_head, /*causal=*/true, Tensor(), segments);  // (B, T, C)
   return kotoba::dropout(c_proj.forward(y), dropout, dropout_gen, training());
 }
 
@@ -56,8 +56,8 @@ GPT2Block::GPT2Block(const GPT2Config& c, Generator& gen)
   register_module("mlp", mlp);
 }
 
-Tensor GPT2Block::forward(const Tensor& x, Generator& dropout_gen) const {
-  Tensor r = add(x, attn.forward(ln_1.forward(x), dropout_gen));
+Tensor GPT2Block::forward(const Tensor& x, Generator& dropout_gen, const Tensor& segments) const {
+  Tensor r = add(x, attn.forward(ln_1.forward(x), dropout_gen, segments));
   return add(r, mlp.forward(ln_2.forward(r), dropout_gen));
 }
 
@@ -93,21 +93,31 @@ GPT2::GPT2(const GPT2Config& config)
   register_module("transformer", transformer_);
 }
 
-Tensor GPT2::hidden(const Tensor& ids) {
+Tensor GPT2::hidden(const Tensor& ids, const Tensor& positions, const Tensor& segments) {
   KOTOBA_CHECK(ids.ndim() == 2 && ids.dtype() == DType::i32, "GPT2: ids must be (B, T) i32, got ",
                dtype_name(ids.dtype()), " ", shape_str(ids.shape()));
   int64_t T = ids.size(1);
   KOTOBA_CHECK(T >= 1 && T <= config_.n_positions, "GPT2: sequence length ", T, " is outside [1, n_positions = ",
                config_.n_positions, "]");
-  if (!positions_.defined() || positions_.numel() != T || positions_.device() != wpe.weight.device())
-    positions_ = position_ids(0, T, wpe.weight.device());
-  Tensor x = add(wte.forward(ids), wpe.forward(positions_));  // (B, T, C) + (T, C)
+  Tensor x;
+  if (positions.defined()) {
+    x = add(wte.forward(ids), wpe.forward(positions));  // (B, T, C) + (B, T, C)
+  } else {
+    if (!positions_.defined() || positions_.numel() != T || positions_.device() != wpe.weight.device())
+      positions_ = position_ids(0, T, wpe.weight.device());
+    x = add(wte.forward(ids), wpe.forward(positions_));  // (B, T, C) + (T, C)
+  }
   x = dropout(x, config_.dropout, dropout_gen_, training());
-  for (auto& block : h) x = block->forward(x, dropout_gen_);
+  for (auto& block : h) x = block->forward(x, dropout_gen_, segments);
   return ln_f.forward(x);
 }
 
 Tensor GPT2::logits(const Tensor& ids) { return linear(hidden(ids), wte.weight); }
+
+Tensor GPT2::packed_logits(const Tensor& ids, const Tensor& positions, const Tensor& segments) {
+  check_packed_call(ids, positions, segments);
+  return linear(hidden(ids, positions, segments), wte.weight);
+}
 
 KVCache GPT2::make_kv_cache(int64_t batch, int64_t max_len) const {
   if (max_len == 0) max_len = config_.n_positions;

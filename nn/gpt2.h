@@ -28,8 +28,9 @@ using GPT2KVCache = KVCache;
 class GPT2Attention : public Module {
  public:
   GPT2Attention(const GPT2Config& config, Generator& gen);
-  // x (B, T, C) -> (B, T, C)
-  Tensor forward(const Tensor& x, Generator& dropout_gen) const;
+  // x (B, T, C) -> (B, T, C); segments (B, T) i32 (packed rows: attention stays within a
+  // segment) may be undefined.
+  Tensor forward(const Tensor& x, Generator& dropout_gen, const Tensor& segments = Tensor()) const;
   // Inference: x (B, T, C) holds positions [start, start + T); their keys and values are
   // written into k_cache/v_cache (B, H, max_len, D) at those positions, and the queries attend
   // causally over [0, start + T), minus the slots key_mask (B, start + T) i32 zeroes (may be
@@ -54,7 +55,7 @@ class GPT2MLP : public Module {
 class GPT2Block : public Module {
  public:
   GPT2Block(const GPT2Config& config, Generator& gen);
-  Tensor forward(const Tensor& x, Generator& dropout_gen) const;
+  Tensor forward(const Tensor& x, Generator& dropout_gen, const Tensor& segments = Tensor()) const;
   Tensor forward_cached(const Tensor& x, const Tensor& k_cache, const Tensor& v_cache, int64_t start,
                         const Tensor& key_mask = Tensor()) const;
   LayerNorm ln_1;
@@ -75,6 +76,8 @@ class GPT2 : public CausalLM {
   int64_t vocab_size() const override { return config_.vocab_size; }
   int64_t max_positions() const override { return config_.n_positions; }
   Tensor logits(const Tensor& ids) override;
+  // Learned position embeddings are looked up at the given (restarting) positions.
+  Tensor packed_logits(const Tensor& ids, const Tensor& positions, const Tensor& segments) override;
   KVCache make_kv_cache(int64_t batch, int64_t max_len = 0) const override;
   Tensor logits_cached(const Tensor& ids, KVCache& cache, bool last_only = false) override;
 
@@ -86,7 +89,8 @@ class GPT2 : public CausalLM {
   LayerNorm ln_f;
 
  private:
-  Tensor hidden(const Tensor& ids);  // final-LayerNorm output (B, T, C)
+  // Final-LayerNorm output (B, T, C); positions (B, T) and segments for packed rows, or undefined.
+  Tensor hidden(const Tensor& ids, const Tensor& positions = Tensor(), const Tensor& segments = Tensor());
   Module transformer_;               // the "transformer." prefix of HF names
   Tensor positions_;  // (T) i32, 0..T-1, cached for the last T
 };

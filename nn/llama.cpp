@@ -87,12 +87,14 @@ void LlamaAttention::project(const Tensor& x, const Tensor& positions, const Ten
   v = reshape(v_proj.forward(x), {B, T, n_kv_head, head_dim});
 }
 
-Tensor LlamaAttention::forward(const Tensor& x, const Tensor& positions, const Tensor& cos, const Tensor& sin) const {
+Tensor LlamaAttention::forward(const Tensor& x, const Tensor& positions, const Tensor& cos, const Tensor& sin,
+                               const Tensor& segments) const {
   const int64_t B = x.size(0), T = x.size(1);
   Tensor q, k, v;
   project(x, positions, cos, sin, q, k, v);
   Tensor y = scaled_dot_product_attention(transpose(q, 1, 2), transpose(k, 1, 2), transpose(v, 1, 2),
-                                          /*causal=*/true, Tensor(), std::numeric_limits<float>::quiet_NaN(), window);
+                                          /*causal=*/true, Tensor(), std::numeric_limits<float>::quiet_NaN(), window,
+                                          segments);
   return o_proj.forward(reshape(transpose(y, 1, 2), {B, T, n_head * head_dim}));  // (B, H, T, D) -> (B, T, C)
 }
 
@@ -181,20 +183,23 @@ void Llama::ensure_rope_tables(int64_t length) {
   }
 }
 
-Tensor Llama::forward_hidden(const Tensor& ids, int64_t start, KVCache* cache) {
+Tensor Llama::forward_hidden(const Tensor& ids, int64_t start, KVCache* cache, const Tensor& packed_positions,
+                             const Tensor& segments) {
   const int64_t T = ids.size(1);
-  ensure_rope_tables(start + T);
+  ensure_rope_tables(start + T);  // (packed_logits has made the tables cover its positions)
   const Device device = embed_tokens.weight.device();
   const bool padded = cache && !cache->pad.empty();
   // Padded rows (batched prompts of different lengths): per-row positions (B, T) and a key mask.
-  Tensor positions = padded ? padded_position_ids(*cache, T, device) : position_ids(start, T, device);
+  Tensor positions = packed_positions.defined() ? packed_positions
+                     : padded                   ? padded_position_ids(*cache, T, device)
+                                                : position_ids(start, T, device);
   Tensor key_mask = padded ? padded_key_mask(*cache, T, device) : Tensor();
   Tensor x = embed_tokens.forward(ids);
   for (size_t i = 0; i < layers.size(); ++i) {
     const LlamaDecoderLayer& layer = *layers[i];
     Tensor h = layer.input_layernorm.forward(x);
     Tensor a = cache ? layer.self_attn.forward_cached(h, positions, cos_, sin_, cache->k[i], cache->v[i], start, key_mask)
-                     : layer.self_attn.forward(h, positions, cos_, sin_);
+                     : layer.self_attn.forward(h, positions, cos_, sin_, segments);
     x = add(x, a);
     x = add(x, layer.mlp.forward(layer.post_attention_layernorm.forward(x)));
   }
@@ -208,6 +213,12 @@ Tensor Llama::logits(const Tensor& ids) {
   KOTOBA_CHECK(T >= 1 && T <= config_.max_position_embeddings, config_.model_type, ": sequence length ", T,
                " is outside [1, max_position_embeddings = ", config_.max_position_embeddings, "]");
   return linear(norm.forward(forward_hidden(ids, 0, nullptr)), output_weight());
+}
+
+Tensor Llama::packed_logits(const Tensor& ids, const Tensor& positions, const Tensor& segments) {
+  const int64_t largest = check_packed_call(ids, positions, segments);
+  ensure_rope_tables(largest + 1);  // positions need not restart: a caller may pass any in range
+  return linear(norm.forward(forward_hidden(ids, 0, nullptr, positions, segments)), output_weight());
 }
 
 KVCache Llama::make_kv_cache(int64_t batch, int64_t max_len) const {

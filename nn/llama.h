@@ -57,8 +57,11 @@ std::vector<float> rope_inverse_frequencies(const LlamaConfig& config);
 class LlamaAttention : public Module {
  public:
   LlamaAttention(const LlamaConfig& config, int64_t window, Generator& gen);
-  // x (B, T, C); cos/sin rotary tables; positions (T) i32 -> (B, T, C).
-  Tensor forward(const Tensor& x, const Tensor& positions, const Tensor& cos, const Tensor& sin) const;
+  // x (B, T, C); cos/sin rotary tables; positions (T) or (B, T) i32 -> (B, T, C). segments (B, T)
+  // i32 (packed rows: attention stays within a segment; the sliding window, j > i - window on
+  // the packed index, is then the distance within the example) may be undefined.
+  Tensor forward(const Tensor& x, const Tensor& positions, const Tensor& cos, const Tensor& sin,
+                 const Tensor& segments = Tensor()) const;
   // Inference: x holds positions [start, start + T); their rotated keys and values go into the
   // caches (B, Hkv, max_len, D) and the queries attend over [0, start + T), minus the slots
   // key_mask (B, start + T) i32 zeroes (may be undefined). positions (T) or (B, T).
@@ -101,6 +104,8 @@ class Llama : public CausalLM {
   int64_t vocab_size() const override { return config_.vocab_size; }
   int64_t max_positions() const override { return config_.max_position_embeddings; }
   Tensor logits(const Tensor& ids) override;
+  // Rotary positions are the given (restarting) ones.
+  Tensor packed_logits(const Tensor& ids, const Tensor& positions, const Tensor& segments) override;
   KVCache make_kv_cache(int64_t batch, int64_t max_len = 0) const override;
   Tensor logits_cached(const Tensor& ids, KVCache& cache, bool last_only = false) override;
 
@@ -115,7 +120,9 @@ class Llama : public CausalLM {
  private:
   // Rotary tables covering positions [0, length), grown on demand, on the weights' device.
   void ensure_rope_tables(int64_t length);
-  Tensor forward_hidden(const Tensor& ids, int64_t start, KVCache* cache);
+  // packed_positions/segments (B, T): a packed call (no cache), else undefined.
+  Tensor forward_hidden(const Tensor& ids, int64_t start, KVCache* cache, const Tensor& packed_positions = Tensor(),
+                        const Tensor& segments = Tensor());
 
   Module model_;          // the "model." prefix of HF names
   Module lm_head_;        // "lm_head.weight" when untied

@@ -35,11 +35,25 @@ Tensor checked_key_mask(const Tensor& key_mask, int64_t B, int64_t S, const char
   return key_mask.contiguous();
 }
 
+// segment_ids (B, T) i32 for self-attention over packed sequences (T == S), or undefined.
+Tensor checked_segment_ids(const Tensor& segment_ids, int64_t B, int64_t T, int64_t S, const char* op) {
+  if (!segment_ids.defined()) return segment_ids;
+  KOTOBA_CHECK(T == S, op, ": segment_ids are for self-attention over packed sequences (q_len == kv_len), got ",
+               T, " queries against ", S, " keys");
+  KOTOBA_CHECK(segment_ids.dtype() == DType::i32 && segment_ids.shape() == Shape({B, T}), op,
+               ": segment_ids must be i32 of shape ", shape_str({B, T}), ", got ", dtype_name(segment_ids.dtype()),
+               " ", shape_str(segment_ids.shape()));
+  return segment_ids.contiguous();
+}
+
+const int32_t* i32_or_null(const Tensor& t) { return t.defined() ? static_cast<const int32_t*>(t.raw()) : nullptr; }
+
 }  // namespace
 
 // q (B, H, T, D), k/v (B, Hkv, S, D) -> out (B, H, T, D); lse (B, H, T) f32 saved for the backward.
 Tensor scaled_dot_product_attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, bool causal,
-                                    const Tensor& key_mask_in, float scale, int64_t window) {
+                                    const Tensor& key_mask_in, float scale, int64_t window,
+                                    const Tensor& segment_ids_in) {
   const char* op = "scaled_dot_product_attention";
   check_attention_input(q_in, op, "q", 4);
   check_attention_input(k_in, op, "k", 4);
@@ -54,6 +68,9 @@ Tensor scaled_dot_product_attention(const Tensor& q_in, const Tensor& k_in, cons
                op, ": q, k and v must share dtype and device");
   Tensor q = last_dim_contiguous(q_in), k = last_dim_contiguous(k_in), v = last_dim_contiguous(v_in);
   Tensor key_mask = checked_key_mask(key_mask_in, B, S, op);
+  Tensor segment_ids = checked_segment_ids(segment_ids_in, B, T, S, op);
+  KOTOBA_CHECK(!segment_ids.defined() || segment_ids.device() == q.device(), op,
+               ": segment_ids must be on q's device");
   KOTOBA_CHECK(window >= 0 && (window == 0 || causal), op, ": a sliding window must be >= 0 and needs causal, got ",
                window, causal ? "" : " without causal");
   if (std::isnan(scale)) scale = 1.0f / std::sqrt(float(D));
@@ -63,13 +80,13 @@ Tensor scaled_dot_product_attention(const Tensor& q_in, const Tensor& k_in, cons
   AttentionForwardArgs fa{q.raw(), k.raw(), v.raw(), out.raw(), static_cast<float*>(lse.raw()),
                           strides4(q), strides4(k), strides4(v), strides4(out),
                           key_mask.defined() ? static_cast<const int32_t*>(key_mask.raw()) : nullptr,
-                          B, H, Hkv, T, S, D, scale, causal, dt, window};
+                          B, H, Hkv, T, S, D, scale, causal, dt, window, i32_or_null(segment_ids)};
   KOTOBA_DISPATCH(q.device(), attention_forward, fa);
 
   auto q_meta = q_in.autograd_meta(), k_meta = k_in.autograd_meta(), v_meta = v_in.autograd_meta();
   // Recomputes the scores tile by tile from q, k and lse (see ops/cpu/attention.cpp).
   return record(op, out, {&q_in, &k_in, &v_in},
-                [q, k, v, out, lse, key_mask, q_meta, k_meta, v_meta, B, H, Hkv, T, S, D, scale, causal,
+                [q, k, v, out, lse, key_mask, segment_ids, q_meta, k_meta, v_meta, B, H, Hkv, T, S, D, scale, causal,
                  window](const Tensor& grad_in) {
                   Tensor dout = last_dim_contiguous(grad_in);
                   const DType dt = q.dtype();
@@ -98,7 +115,8 @@ Tensor scaled_dot_product_attention(const Tensor& q_in, const Tensor& k_in, cons
                                            strides4(q), strides4(k), strides4(v), strides4(out), strides4(dout),
                                            strides_or(write[0], q), strides_or(write[1], k), strides_or(write[2], v),
                                            key_mask.defined() ? static_cast<const int32_t*>(key_mask.raw()) : nullptr,
-                                           B, H, Hkv, T, S, D, scale, causal, any_acc && !mixed, dt, window};
+                                           B, H, Hkv, T, S, D, scale, causal, any_acc && !mixed, dt, window,
+                                           i32_or_null(segment_ids)};
                   KOTOBA_DISPATCH(q.device(), attention_backward, ba);
                   for (int i = 0; i < 3; ++i)
                     if (targets[i] && mixed && targets[i].accumulate) {
@@ -110,7 +128,8 @@ Tensor scaled_dot_product_attention(const Tensor& q_in, const Tensor& k_in, cons
 
 // qkv (B, T, 3C) = [q | k | v], n_head heads of D = C / n_head -> out (B, T, C). The heads are
 // addressed through strides (batch T*3C, head D, token 3C), so nothing is transposed or copied.
-Tensor attention_packed_qkv(const Tensor& qkv_in, int64_t n_head, bool causal, const Tensor& key_mask_in) {
+Tensor attention_packed_qkv(const Tensor& qkv_in, int64_t n_head, bool causal, const Tensor& key_mask_in,
+                            const Tensor& segment_ids_in) {
   const char* op = "attention_packed_qkv";
   check_attention_input(qkv_in, op, "qkv", 3);
   const int64_t B = qkv_in.size(0), T = qkv_in.size(1), C3 = qkv_in.size(2);
@@ -119,6 +138,9 @@ Tensor attention_packed_qkv(const Tensor& qkv_in, int64_t n_head, bool causal, c
   const int64_t C = C3 / 3, D = C / n_head, H = n_head;
   Tensor qkv = last_dim_contiguous(qkv_in);
   Tensor key_mask = checked_key_mask(key_mask_in, B, T, op);
+  Tensor segment_ids = checked_segment_ids(segment_ids_in, B, T, T, op);
+  KOTOBA_CHECK(!segment_ids.defined() || segment_ids.device() == qkv.device(), op,
+               ": segment_ids must be on qkv's device");
   const float scale = 1.0f / std::sqrt(float(D));
   const DType dt = qkv.dtype();
   Tensor out = Tensor::empty({B, T, C}, dt, qkv.device());
@@ -128,13 +150,13 @@ Tensor attention_packed_qkv(const Tensor& qkv_in, int64_t n_head, bool causal, c
   AttentionForwardArgs fa{at(qkv, 0), at(qkv, C), at(qkv, 2 * C), out.raw(), static_cast<float*>(lse.raw()),
                           in_strides, in_strides, in_strides, out_strides,
                           key_mask.defined() ? static_cast<const int32_t*>(key_mask.raw()) : nullptr,
-                          B, H, H, T, T, D, scale, causal, dt};
+                          B, H, H, T, T, D, scale, causal, dt, 0, i32_or_null(segment_ids)};
   KOTOBA_DISPATCH(qkv.device(), attention_forward, fa);
 
   auto qkv_meta = qkv_in.autograd_meta();
   // The gradients of q, k and v land side by side in the (B, T, 3C) gradient of qkv.
   return record(op, out, {&qkv_in},
-                [qkv, out, lse, key_mask, qkv_meta, in_strides, out_strides, B, H, T, C, D, scale,
+                [qkv, out, lse, key_mask, segment_ids, qkv_meta, in_strides, out_strides, B, H, T, C, D, scale,
                  causal](const Tensor& grad_in) {
                   GradTarget dqkv = grad_target(qkv_meta, qkv.shape(), qkv.dtype(), qkv.device());
                   if (!dqkv) return;
@@ -148,7 +170,8 @@ Tensor attention_packed_qkv(const Tensor& qkv_in, int64_t n_head, bool causal, c
                                            in_strides, in_strides, in_strides, out_strides, dout_strides,
                                            g_strides, g_strides, g_strides,
                                            key_mask.defined() ? static_cast<const int32_t*>(key_mask.raw()) : nullptr,
-                                           B, H, H, T, T, D, scale, causal, dqkv.accumulate, qkv.dtype()};
+                                           B, H, H, T, T, D, scale, causal, dqkv.accumulate, qkv.dtype(), 0,
+                                           i32_or_null(segment_ids)};
                   KOTOBA_DISPATCH(qkv.device(), attention_backward, ba);
                 });
 }

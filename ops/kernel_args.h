@@ -119,7 +119,9 @@ struct Strides4 {
 // out (B, H, T, D); lse (B, H, T) f32 is the log-sum-exp of each score row, kept for the
 // backward. Causal masks key s > query t + (S - T); a sliding window (window > 0, causal only)
 // also masks keys s <= t + (S - T) - window, so each query sees its last `window` keys (itself
-// included), as Mistral's. key_mask (B, S) i32, 1 keeps, may be null.
+// included), as Mistral's. key_mask (B, S) i32, 1 keeps, may be null. segment_ids (B, T) i32,
+// only for self-attention (T == S): query t sees key s only when segment_ids[b][t] ==
+// segment_ids[b][s] (packed sequences; on top of causal, window and key_mask); may be null.
 struct AttentionForwardArgs {
   const void* q; const void* k; const void* v; void* out; float* lse;
   Strides4 q_strides, k_strides, v_strides, out_strides;
@@ -127,6 +129,7 @@ struct AttentionForwardArgs {
   int64_t batch, heads, kv_heads, q_len, kv_len, head_dim;
   float scale; bool causal; DType dtype;
   int64_t window = 0;
+  const int32_t* segment_ids = nullptr;
 };
 // Recomputes the scores tile by tile from q, k and lse. dq/dk/dv are written (=) with the
 // strides of q/k/v unless accumulate. Any of dq/dk/dv may be null (that gradient is not needed).
@@ -137,7 +140,8 @@ struct AttentionBackwardArgs {
   const int32_t* key_mask;
   int64_t batch, heads, kv_heads, q_len, kv_len, head_dim;
   float scale; bool causal; bool accumulate; DType dtype;
-  int64_t window = 0;  // as in AttentionForwardArgs
+  int64_t window = 0;                    // as in AttentionForwardArgs
+  const int32_t* segment_ids = nullptr;  // as in AttentionForwardArgs
 };
 
 // Rotary embedding, rotate-half convention (HF LLaMA): x (N, H, D) with token n at position

@@ -55,12 +55,20 @@ Tensor softmax(const Tensor& x);
 // Causal aligns the T queries with the last T keys (query t is at key position t + S - T); a
 // sliding window > 0 (causal only) lets each query see only its last `window` keys, itself
 // included (Mistral's sliding_window).
+// segment_ids (B, T) i32, self-attention only (T == S), may be undefined: several examples
+// packed into one row; query t sees key s only when both carry the same segment id (on top of
+// causal, window and key_mask), so each example attends as if it were alone. A window then
+// still counts packed positions, t - s < window, which within one segment is the distance in
+// the example. A query that sees no key at all gets output 0 and no gradient (never NaN).
 Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
                                     const Tensor& key_mask = Tensor(),
-                                    float scale = std::numeric_limits<float>::quiet_NaN(), int64_t window = 0);
+                                    float scale = std::numeric_limits<float>::quiet_NaN(), int64_t window = 0,
+                                    const Tensor& segment_ids = Tensor());
 // GPT-style packed projections: qkv (B, T, 3C) laid out [q | k | v], n_head heads of C/n_head
 // -> (B, T, C). Reads q, k, v in place and writes its gradient into one (B, T, 3C) buffer.
-Tensor attention_packed_qkv(const Tensor& qkv, int64_t n_head, bool causal, const Tensor& key_mask = Tensor());
+// segment_ids (B, T) i32 as in scaled_dot_product_attention.
+Tensor attention_packed_qkv(const Tensor& qkv, int64_t n_head, bool causal, const Tensor& key_mask = Tensor(),
+                            const Tensor& segment_ids = Tensor());
 
 // Rotary position embedding (rotate-half, as HF LLaMA): x (B, T, H, D), positions (T) or
 // (B, T) i32; cos/sin tables (max_pos, D/2) f32 from rope_tables().

@@ -465,13 +465,35 @@ void case_softmax_backward(Ctx& c) {
 struct AttnCase {
   int64_t B, H, Hkv, T, S, D;
   bool causal, masked;
-  int64_t window = 0;  // sliding window (Mistral)
+  int64_t window = 0;      // sliding window (Mistral)
+  bool segmented = false;  // packed sequences: segment ids (B, T), T == S
 };
 const AttnCase kAttnCases[] = {
     {2, 4, 2, 37, 37, 64, true, true},   {1, 3, 3, 19, 53, 80, false, false}, {2, 2, 1, 9, 70, 32, true, false},
     {1, 4, 4, 70, 70, 128, true, false}, {2, 2, 2, 33, 65, 96, false, true},  {2, 4, 2, 150, 150, 64, true, false, 37},
     {1, 2, 2, 7, 90, 64, true, true, 20},
+    {2, 4, 2, 150, 150, 64, true, false, 0, true}, {1, 4, 1, 70, 70, 96, false, false, 0, true},
+    {2, 2, 2, 150, 150, 32, true, false, 37, true},
 };
+
+// Segment ids (B, T) of packed rows: runs of 1..40 tokens numbered 1, 2, ..., then from a
+// random point on, ids 1..3 drawn at random (a segment split into several runs).
+std::vector<float> packed_segments(Ctx& c, int64_t B, int64_t T) {
+  std::vector<float> seg(size_t(B * T));
+  const auto lengths = c.ints(size_t(B * T), 1, 40), scattered = c.ints(size_t(B * T), 1, 3),
+             cut = c.ints(size_t(B), int(T / 2), int(T));
+  for (int64_t b = 0; b < B; ++b) {
+    int id = 1, left = int(lengths[size_t(b * T)]);
+    for (int64_t t = 0; t < T; ++t) {
+      if (left-- == 0) {
+        ++id;
+        left = int(lengths[size_t(b * T + t)]) - 1;
+      }
+      seg[size_t(b * T + t)] = float(t) < cut[size_t(b)] ? float(id) : scattered[size_t(b * T + t)];
+    }
+  }
+  return seg;
+}
 
 Strides4 contiguous4(int64_t H, int64_t T, int64_t D) { return {H * T * D, T * D, D}; }
 
@@ -480,8 +502,9 @@ void case_attention_forward(Ctx& c) {
     const Strides4 qst{k.T * k.H * k.D, k.D, k.H * k.D}, kst = contiguous4(k.Hkv, k.S, k.D),
                    ost = contiguous4(k.H, k.T, k.D);
     Buf Q(c.dt, k.B * k.H * k.T * k.D), K(c.dt, k.B * k.Hkv * k.S * k.D), V(c.dt, K.size()), O(c.dt, Q.size()),
-        L(DType::f32, k.B * k.H * k.T), mask(DType::i32, k.B * k.S);
+        L(DType::f32, k.B * k.H * k.T), mask(DType::i32, k.B * k.S), seg(DType::i32, k.B * k.T);
     Q.set(c.uniform(Q.size(), -1.5f, 1.5f));
+    seg.set(packed_segments(c, k.B, k.T));
     K.set(c.uniform(K.size(), -1.5f, 1.5f));
     V.set(c.uniform(V.size(), -1, 1));
     O.set(c.uniform(O.size(), -1, 1));
@@ -492,15 +515,16 @@ void case_attention_forward(Ctx& c) {
     const float scale = 1.0f / std::sqrt(float(k.D));
     AttentionForwardArgs a{Q.h(), K.h(), V.h(), O.h(), L.h_as<float>(), qst, kst, kst, ost,
                            k.masked ? mask.h_as<int32_t>() : nullptr, k.B, k.H, k.Hkv, k.T, k.S, k.D, scale,
-                           k.causal, c.dt, k.window};
+                           k.causal, c.dt, k.window, k.segmented ? seg.h_as<int32_t>() : nullptr};
     cpu().attention_forward(a);
     a.q = Q.d(), a.k = K.d(), a.v = V.d(), a.out = O.d(), a.lse = L.d_as<float>();
     a.key_mask = k.masked ? mask.d_as<int32_t>() : nullptr;
+    a.segment_ids = k.segmented ? seg.d_as<int32_t>() : nullptr;
     gpu().attention_forward(a);
     c.label = "attention_forward B=" + std::to_string(k.B) + " H=" + std::to_string(k.H) + " Hkv=" +
               std::to_string(k.Hkv) + " T=" + std::to_string(k.T) + " S=" + std::to_string(k.S) + " D=" +
               std::to_string(k.D) + " causal=" + std::to_string(k.causal) + " mask=" + std::to_string(k.masked) +
-              " window=" + std::to_string(k.window);
+              " window=" + std::to_string(k.window) + " segments=" + std::to_string(k.segmented);
     expect_close(c, "out", O, tol_for(c.dt, {2e-5f, 2e-5f}, {1e-2f, 1e-2f}));
     expect_close(c, "lse", L, {2e-5f, 2e-5f});
   }
@@ -513,8 +537,11 @@ void case_attention_backward(Ctx& c) {
                      ost = contiguous4(k.H, k.T, k.D);
       Buf Q(c.dt, k.B * k.H * k.T * k.D), K(c.dt, k.B * k.Hkv * k.S * k.D), V(c.dt, K.size()), O(c.dt, Q.size()),
           L(DType::f32, k.B * k.H * k.T), mask(DType::i32, k.B * k.S), dO(c.dt, Q.size()), dQ(c.dt, Q.size()),
-          dK(c.dt, K.size()), dV(c.dt, K.size());
+          dK(c.dt, K.size()), dV(c.dt, K.size()), seg(DType::i32, k.B * k.T);
       Q.set(c.uniform(Q.size(), -1.5f, 1.5f));
+      seg.set(packed_segments(c, k.B, k.T));
+      const int32_t* hseg = k.segmented ? seg.h_as<int32_t>() : nullptr;
+      const int32_t* dseg = k.segmented ? seg.d_as<int32_t>() : nullptr;
       K.set(c.uniform(K.size(), -1.5f, 1.5f));
       V.set(c.uniform(V.size(), -1, 1));
       auto m = c.ints(mask.size(), 0, 1);
@@ -525,7 +552,7 @@ void case_attention_backward(Ctx& c) {
       const int32_t* dmask = k.masked ? mask.d_as<int32_t>() : nullptr;
       // The CPU forward's out and lse feed both backwards.
       AttentionForwardArgs f{Q.h(), K.h(), V.h(), O.h(), L.h_as<float>(), qst, kst, kst, ost, hmask, k.B, k.H,
-                             k.Hkv, k.T, k.S, k.D, scale, k.causal, c.dt, k.window};
+                             k.Hkv, k.T, k.S, k.D, scale, k.causal, c.dt, k.window, hseg};
       cpu().attention_forward(f);
       O.upload();
       L.upload();
@@ -536,15 +563,16 @@ void case_attention_backward(Ctx& c) {
       // dq takes q's strided layout; dk/dv and dout are contiguous.
       AttentionBackwardArgs a{Q.h(), K.h(), V.h(), O.h(), L.h_as<float>(), dO.h(), dQ.h(), dK.h(), dV.h(),
                               qst, kst, kst, ost, ost, qst, kst, kst, hmask, k.B, k.H, k.Hkv, k.T, k.S, k.D, scale,
-                              k.causal, acc, c.dt, k.window};
+                              k.causal, acc, c.dt, k.window, hseg};
       cpu().attention_backward(a);
       a.q = Q.d(), a.k = K.d(), a.v = V.d(), a.out = O.d(), a.lse = L.d_as<float>(), a.dout = dO.d();
-      a.dq = dQ.d(), a.dk = dK.d(), a.dv = dV.d(), a.key_mask = dmask;
+      a.dq = dQ.d(), a.dk = dK.d(), a.dv = dV.d(), a.key_mask = dmask, a.segment_ids = dseg;
       gpu().attention_backward(a);
       c.label = "attention_backward B=" + std::to_string(k.B) + " H=" + std::to_string(k.H) + " Hkv=" +
                 std::to_string(k.Hkv) + " T=" + std::to_string(k.T) + " S=" + std::to_string(k.S) + " D=" +
                 std::to_string(k.D) + " causal=" + std::to_string(k.causal) + " mask=" + std::to_string(k.masked) +
-                " window=" + std::to_string(k.window) + " acc=" + std::to_string(acc);
+                " window=" + std::to_string(k.window) + " segments=" + std::to_string(k.segmented) +
+                " acc=" + std::to_string(acc);
       const Tol t = tol_for(c.dt, {1e-4f, 1e-4f}, {3e-2f, 2e-2f});
       expect_close(c, "dq", dQ, t);
       expect_close(c, "dk", dK, t);
@@ -553,10 +581,10 @@ void case_attention_backward(Ctx& c) {
       // Gradients not needed are null: only dk here, written over fresh contents.
       dK.set(c.uniform(dK.size(), -1, 1));
       a.q = Q.h(), a.k = K.h(), a.v = V.h(), a.out = O.h(), a.lse = L.h_as<float>(), a.dout = dO.h();
-      a.dq = nullptr, a.dk = dK.h(), a.dv = nullptr, a.key_mask = hmask;
+      a.dq = nullptr, a.dk = dK.h(), a.dv = nullptr, a.key_mask = hmask, a.segment_ids = hseg;
       cpu().attention_backward(a);
       a.q = Q.d(), a.k = K.d(), a.v = V.d(), a.out = O.d(), a.lse = L.d_as<float>(), a.dout = dO.d();
-      a.dk = dK.d(), a.key_mask = dmask;
+      a.dk = dK.d(), a.key_mask = dmask, a.segment_ids = dseg;
       gpu().attention_backward(a);
       c.label += " dq=dv=null";
       expect_close(c, "dk", dK, t);

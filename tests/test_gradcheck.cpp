@@ -179,6 +179,21 @@ TEST_F(Gradcheck, Attention) {
   }
   gradcheck("sdpa sliding window 3", {normal({1, 4, 9, 8}), normal({1, 2, 9, 8}), normal({1, 2, 9, 8})}, all(3),
             [](auto& x) { return scaled_dot_product_attention(x[0], x[1], x[2], true, Tensor(), 0.3f, 3); }, 63);
+  // Packed sequences: row 0 holds examples of 3, 4 and 2 tokens; row 1 one segment split into two
+  // runs (not contiguous) around another, then padding (segment 0).
+  const Tensor segments = Tensor::from_vector_i32({1, 1, 1, 2, 2, 2, 2, 3, 3, 5, 5, 7, 7, 7, 5, 5, 0, 0}, {2, 9});
+  for (bool causal : {true, false})
+    gradcheck(std::string("sdpa segments GQA") + (causal ? " causal" : " bidir"),
+              {normal({2, 4, 9, 8}), normal({2, 2, 9, 8}), normal({2, 2, 9, 8}), segments}, {true, true, true, false},
+              [causal](auto& x) {
+                return scaled_dot_product_attention(x[0], x[1], x[2], causal, Tensor(),
+                                                    std::numeric_limits<float>::quiet_NaN(), 0, x[3]);
+              }, 64);
+  gradcheck("sdpa segments window 2", {normal({2, 2, 9, 8}), normal({2, 2, 9, 8}), normal({2, 2, 9, 8}), segments},
+            {true, true, true, false},
+            [](auto& x) { return scaled_dot_product_attention(x[0], x[1], x[2], true, Tensor(), 0.3f, 2, x[3]); }, 65);
+  gradcheck("attention_packed_qkv segments", {normal({2, 9, 3 * 8}), segments}, {true, false},
+            [](auto& x) { return attention_packed_qkv(x[0], 2, true, Tensor(), x[1]); }, 66);
   gradcheck("attention_packed_qkv", {normal({2, 5, 3 * 8})}, all(1),
             [](auto& x) { return attention_packed_qkv(x[0], 2, true); }, 61);
   gradcheck("attention_packed_qkv bidir masked",

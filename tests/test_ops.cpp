@@ -133,11 +133,11 @@ Tensor run_op(const RefCase& c, const std::map<std::string, Tensor>& in, std::ma
     float s = a.contains("scale") ? a.at("scale").get<float>() : std::numeric_limits<float>::quiet_NaN();
     int64_t window = a.contains("window") ? a.at("window").get<int64_t>() : 0;
     return scaled_dot_product_attention(input(in, "q"), input(in, "k"), input(in, "v"), a.at("causal").get<bool>(),
-                                        optional_input(in, "key_mask"), s, window);
+                                        optional_input(in, "key_mask"), s, window, optional_input(in, "segment_ids"));
   }
   if (op == "attention_packed_qkv")
     return attention_packed_qkv(input(in, "qkv"), a.at("n_head").get<int64_t>(), a.at("causal").get<bool>(),
-                                optional_input(in, "key_mask"));
+                                optional_input(in, "key_mask"), optional_input(in, "segment_ids"));
   if (op == "rope") {
     Tensor cos, sin;
     rope_tables(a.at("max_pos").get<int64_t>(), x().size(-1), a.at("theta").get<float>(), cos, sin);

@@ -6,12 +6,15 @@
 // "C (M, N) += A (M, K) @ B (K, N)" with B rows contiguous; A is read by scalar broadcasts
 // and may have any strides, so q/k/v/dout are read in place (f32) from e.g. a packed QKV.
 // Gradients: dq/dk/dv are written (=), or added (+=) when `accumulate`; each may be null.
+// Packed sequences (segment_ids): a (keys, queries) tile whose key and query segment-id ranges
+// do not overlap is skipped whole; one that mixes segments is masked entry by entry.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12 AVX-512 intrinsics (PR 105593)
 #include <math.h>
 #include <omp.h>
 
 #include <cstdlib>
 #include <new>
+#include <vector>
 
 #include "ops/cpu/kernel_util.h"
 #include "ops/cpu/register.h"
@@ -148,11 +151,28 @@ void store_row(T* dst, const float* src, int64_t D, float mul, bool accumulate) 
   }
 }
 
-// Sets masked scores of a transposed tile st (bk keys, nq queries; row stride ld) to -inf:
-// keys dropped by key_mask (row of B's mask at s0), under `causal` keys s > t + offset, and
-// with a sliding window keys s <= t + offset - window.
-void mask_tile(float* st, int64_t ld, int64_t s0, int64_t bk, int64_t t0, int64_t nq, const int32_t* key_mask_row,
-               bool causal, int64_t offset, int64_t window) {
+// Lowest and highest segment id of positions [begin, end) of one row of segment_ids.
+inline void segment_range(const int32_t* segment_row, int64_t begin, int64_t end, int32_t& lo, int32_t& hi) {
+  lo = hi = segment_row[begin];
+  for (int64_t i = begin + 1; i < end; ++i) {
+    lo = segment_row[i] < lo ? segment_row[i] : lo;
+    hi = segment_row[i] > hi ? segment_row[i] : hi;
+  }
+}
+
+// Whether a tile of keys with segment ids in [k_lo, k_hi] against queries in [q_lo, q_hi] needs
+// masking entry by entry: false when every key and every query share one segment.
+inline bool segments_mixed(int32_t k_lo, int32_t k_hi, int32_t q_lo, int32_t q_hi) {
+  return !(k_lo == k_hi && q_lo == q_hi && k_lo == q_lo);
+}
+
+// Sets masked scores of a transposed tile st (bk keys, nq queries, bq of them real; row stride
+// ld) to -inf: keys dropped by key_mask (row of B's mask at s0), under `causal` keys
+// s > t + offset, with a sliding window keys s <= t + offset - window, and with segment ids
+// (row of B's, self-attention) keys of another segment than the query's.
+void mask_tile(float* st, int64_t ld, int64_t s0, int64_t bk, int64_t t0, int64_t bq, int64_t nq,
+               const int32_t* key_mask_row, bool causal, int64_t offset, int64_t window,
+               const int32_t* segment_row) {
   for (int64_t r = 0; r < bk; ++r) {
     float* row = st + r * ld;
     int64_t masked_queries = 0;  // queries [t0, t0 + masked_queries) cannot see key s0 + r
@@ -162,6 +182,11 @@ void mask_tile(float* st, int64_t ld, int64_t s0, int64_t bk, int64_t t0, int64_
     // queries t >= s + window - offset have moved past key s
     if (window > 0)
       for (int64_t c = max64(masked_queries, s0 + r + window - offset - t0); c < nq; ++c) row[c] = -kInf;
+    if (segment_row) {
+      const int32_t key_segment = segment_row[s0 + r];
+      for (int64_t c = 0; c < bq; ++c)
+        if (segment_row[t0 + c] != key_segment) row[c] = -kInf;
+    }
   }
 }
 
@@ -192,6 +217,9 @@ void attention_forward_impl(const AttentionForwardArgs& a) {
         const T* kh = k + b * a.k_strides.batch + hk * a.k_strides.head;
         const T* vh = v + b * a.v_strides.batch + hk * a.v_strides.head;
         const int32_t* mask_row = a.key_mask ? a.key_mask + b * S : nullptr;
+        const int32_t* segment_row = a.segment_ids ? a.segment_ids + b * T_ : nullptr;
+        int32_t q_lo = 0, q_hi = 0;
+        if (segment_row) segment_range(segment_row, t0, t0 + bq, q_lo, q_hi);
 
         // qt (D, kBq) | o (kBq, Dp) | st (kBk, kBq) | m, l, alpha (kBq) | kbuf, vbuf (kBk, Dp)
         float* base = t_scratch.get(size_t(D * kBq + kBq * Dp + kBk * kBq + 3 * kBq + 2 * kBk * Dp));
@@ -216,6 +244,13 @@ void attention_forward_impl(const AttentionForwardArgs& a) {
         const int64_t s_begin = a.window > 0 ? max64(0, t0 + offset - a.window + 1) : 0;
         for (int64_t s0 = s_begin; s0 < s_end; s0 += kBk) {
           const int64_t bk = min64(kBk, s_end - s0);
+          bool segment_edge = false;
+          if (segment_row) {
+            int32_t k_lo, k_hi;
+            segment_range(segment_row, s0, s0 + bk, k_lo, k_hi);
+            if (k_hi < q_lo || k_lo > q_hi) continue;  // no query of the block shares a key's segment
+            segment_edge = segments_mixed(k_lo, k_hi, q_lo, q_hi);
+          }
           const float* k_rows;
           int64_t k_stride;
           if constexpr (kF32) {
@@ -234,8 +269,8 @@ void attention_forward_impl(const AttentionForwardArgs& a) {
           tile_gemm(bk, nq, D, k_rows, k_stride, 1, qt, kBq, st, kBq, false, tri_keys, delta);
           // the window's lower edge crosses the tile when its first key is outside the last query's window
           const bool window_edge = a.window > 0 && s0 <= t0 + bq - 1 + offset - a.window;
-          if (mask_row || diagonal || window_edge)
-            mask_tile(st, kBq, s0, bk, t0, nq, mask_row, a.causal, offset, a.window);
+          if (mask_row || diagonal || window_edge || segment_edge)
+            mask_tile(st, kBq, s0, bk, t0, bq, nq, mask_row, a.causal, offset, a.window, segment_row);
           // online softmax, one query per lane: m' = max(m, max_s S), l' = l e^(m-m') + sum_s e^(S-m')
           for (int64_t c = 0; c < nq; c += kLanes) {
             Vec m_old = vload(m + c), m_new = m_old;
@@ -314,6 +349,15 @@ void attention_backward_impl(const AttentionBackwardArgs& a) {
       const T* kh = k + b * a.k_strides.batch + hk * a.k_strides.head;
       const T* vh = v + b * a.v_strides.batch + hk * a.v_strides.head;
       const int32_t* mask_row = a.key_mask ? a.key_mask + b * S : nullptr;
+      const int32_t* segment_row = a.segment_ids ? a.segment_ids + b * T_ : nullptr;
+      // segment-id range of each query block, for skipping tiles that share no segment
+      std::vector<int32_t> q_lo, q_hi;
+      if (segment_row) {
+        q_lo.resize(size_t(n_qblocks));
+        q_hi.resize(size_t(n_qblocks));
+        for (int64_t qb = 0; qb < n_qblocks; ++qb)
+          segment_range(segment_row, qb * kBq, min64(T_, (qb + 1) * kBq), q_lo[size_t(qb)], q_hi[size_t(qb)]);
+      }
       const size_t rows_q = rows_in_place ? 0 : size_t(T_ * Dp), rows_k = rows_in_place ? 0 : size_t(S * Dp);
       // qt, dot (D, Tq) | dq_acc (Tq, Dp) | dk_acc, dv_acc (S, Dp) | st, dpt (kBk, kBq) |
       // lse_adj, dsum (Tq) | packed rows of q, dout (T, Dp) and k, v (S, Dp) when needed
@@ -395,8 +439,16 @@ void attention_backward_impl(const AttentionBackwardArgs& a) {
           // and the last that sees key s0 + bk - 1 within a window is t = s0 + bk - 2 + window - offset
           const int64_t end_block =
               a.window > 0 ? min64(n_qblocks, max64(0, s0 + bk - 1 + a.window - offset) / kBq + 1) : n_qblocks;
+          int32_t k_lo = 0, k_hi = 0;
+          if (segment_row) segment_range(segment_row, s0, s0 + bk, k_lo, k_hi);
           for (int64_t qb = first_block; qb < end_block; ++qb) {
             const int64_t t0 = qb * kBq, bq = min64(kBq, T_ - t0), nq = round_up(bq, kLanes);
+            bool segment_edge = false;
+            if (segment_row) {
+              const int32_t lo = q_lo[size_t(qb)], hi = q_hi[size_t(qb)];
+              if (k_hi < lo || k_lo > hi) continue;  // no query of the block shares a key's segment
+              segment_edge = segments_mixed(k_lo, k_hi, lo, hi);
+            }
             // S^T (bk, nq) = K (scale Q)^T;  dP^T (bk, nq) = V dO^T
             const bool diagonal = a.causal && s0 + bk - 1 > t0 + offset;
             const Tri tri_cols = diagonal ? Tri::cols_from_row : Tri::none;
@@ -406,8 +458,8 @@ void attention_backward_impl(const AttentionBackwardArgs& a) {
             tile_gemm(bk, nq, D, k_rows + s0 * k_stride, k_stride, 1, qt + t0, Tq, st, kBq, false, tri_cols, delta);
             tile_gemm(bk, nq, D, v_rows + s0 * v_stride, v_stride, 1, dot + t0, Tq, dpt, kBq, false, tri_cols, delta);
             const bool window_edge = a.window > 0 && s0 <= t0 + bq - 1 + offset - a.window;
-            if (mask_row || diagonal || window_edge)
-              mask_tile(st, kBq, s0, bk, t0, nq, mask_row, a.causal, offset, a.window);
+            if (mask_row || diagonal || window_edge || segment_edge)
+              mask_tile(st, kBq, s0, bk, t0, bq, nq, mask_row, a.causal, offset, a.window, segment_row);
             for (int64_t r = 0; r < bk; ++r) {
               float* p_row = st + r * kBq;
               float* ds_row = dpt + r * kBq;

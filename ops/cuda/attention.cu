@@ -3,13 +3,16 @@
 // softmax) and saves lse, from which the backward recomputes each probability tile.
 // q (B, H, T, D), k/v (B, Hkv, S, D) with any Strides4 (D contiguous), H % Hkv == 0 (GQA);
 // causal masks key s > t + (S - T), a sliding window (> 0) also s <= t + (S - T) - window;
-// key_mask (B, S) i32, 1 keeps. head_dim <= 128.
+// key_mask (B, S) i32, 1 keeps; segment_ids (B, T) i32 (self-attention, T == S) keep only keys of
+// the query's own segment (packed sequences), and a tile that shares no segment with the block's
+// rows is skipped after one vote (__syncthreads_or). head_dim <= 128.
 // Math is f32 on f32 or bf16 storage (SIMT FMA; a tensor-core path is the next step).
 // Four threads share a row: thread (row, lane4) owns columns lane4 + 4j of D and of the tile.
 // The backward runs two kernels that each recompute P, so neither needs atomics:
 //   dK/dV: one block per key tile, looping over the query heads of its group and all query
 //   tiles; dQ: one block per query tile, looping over the key tiles. Gradients are
 //   deterministic. dq/dk/dv are written (=) unless `accumulate`; any of them may be null.
+#include <climits>
 #include <mutex>
 
 #include "ops/cuda/common.cuh"
@@ -28,6 +31,7 @@ struct AttnShape {
   float scale;
   bool causal;
   int64_t window;  // 0: none
+  const int32_t* segment_ids;  // (B, T) i32 or null
 };
 
 // Loads rows [row0, row0 + rows) of one (b, h) slab into tile[rows][DMAX + 1] as f32; rows
@@ -50,7 +54,41 @@ __device__ __forceinline__ bool key_visible(int64_t t, int64_t s, const AttnShap
   if (sh.causal && s > t + (sh.kv_len - sh.q_len)) return false;
   if (sh.window > 0 && s <= t + (sh.kv_len - sh.q_len) - sh.window) return false;
   if (key_mask && key_mask[b * sh.kv_len + s] == 0) return false;
+  if (sh.segment_ids && sh.segment_ids[b * sh.q_len + s] != sh.segment_ids[b * sh.q_len + t]) return false;
   return true;
+}
+
+// Segment-id range [lo, hi] of rows [row0, row0 + rows) of batch b (clipped to len), reduced over
+// the block through two shared ints. Every thread of the block must call it.
+__device__ __forceinline__ void block_segment_range(const int32_t* segment_ids, int64_t b, int64_t len, int64_t row0,
+                                                    int rows, int* shared_lo_hi, int& lo, int& hi) {
+  if (threadIdx.x == 0) {
+    shared_lo_hi[0] = INT_MAX;
+    shared_lo_hi[1] = INT_MIN;
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < rows; i += blockDim.x)
+    if (row0 + i < len) {
+      const int sid = segment_ids[b * len + row0 + i];
+      atomicMin(shared_lo_hi, sid);
+      atomicMax(shared_lo_hi + 1, sid);
+    }
+  __syncthreads();
+  lo = shared_lo_hi[0];
+  hi = shared_lo_hi[1];
+}
+
+// Whether any of rows [row0, row0 + rows) of batch b (below len) has a segment id in [lo, hi]:
+// a block-wide vote, so every thread of the block must call it and all get the same answer.
+__device__ __forceinline__ bool block_any_segment_in(const int32_t* segment_ids, int64_t b, int64_t len, int64_t row0,
+                                                     int rows, int lo, int hi) {
+  int hit = 0;
+  for (int i = threadIdx.x; i < rows; i += blockDim.x)
+    if (row0 + i < len) {
+      const int sid = segment_ids[b * len + row0 + i];
+      hit |= sid >= lo && sid <= hi;
+    }
+  return __syncthreads_or(hit) != 0;
 }
 
 __device__ __forceinline__ float dot_rows(const float* a, const float* b, int64_t D) {
@@ -89,12 +127,17 @@ attention_forward_kernel(const T* __restrict__ q, const T* __restrict__ k, const
 #pragma unroll
   for (int j = 0; j < DJ; ++j) o[j] = 0.0f;
   float m = -INFINITY, l = 0.0f;
+  __shared__ int segment_lo_hi[2];
+  int seg_lo = 0, seg_hi = 0;
+  if (sh.segment_ids) block_segment_range(sh.segment_ids, b, sh.q_len, q0, kFwdRows, segment_lo_hi, seg_lo, seg_hi);
 
   int64_t kv_end = S;
   if (sh.causal) kv_end = min(S, q0 + kFwdRows + (S - sh.q_len));
   // keys below the first row's window are invisible to the whole block
   const int64_t kv_begin = sh.window > 0 ? max(int64_t(0), q0 + (S - sh.q_len) - sh.window + 1) : 0;
   for (int64_t k0 = kv_begin; k0 < kv_end; k0 += kFwdKeys) {
+    // a key tile of no segment of the block's queries adds nothing (the vote is also a barrier)
+    if (sh.segment_ids && !block_any_segment_in(sh.segment_ids, b, S, k0, kFwdKeys, seg_lo, seg_hi)) continue;
     __syncthreads();  // the previous tile is no longer read
     load_tile<T, DMAX>(Ks, kb, ks.token, k0, kFwdKeys, S, D);
     load_tile<T, DMAX>(Vs, vb, vs.token, k0, kFwdKeys, S, D);
@@ -210,6 +253,10 @@ attention_backward_dkdv_kernel(const T* __restrict__ q, const T* __restrict__ k,
 #pragma unroll
   for (int j = 0; j < DJ; ++j) dk_acc[j] = dv_acc[j] = 0.0f;
 
+  __shared__ int segment_lo_hi[2];
+  int seg_lo = 0, seg_hi = 0;
+  if (sh.segment_ids) block_segment_range(sh.segment_ids, b, S, k0, kBwdRows, segment_lo_hi, seg_lo, seg_hi);
+
   int64_t t_begin = 0;
   if (sh.causal) t_begin = max(int64_t(0), k0 - (S - Tq));
   for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
@@ -218,6 +265,8 @@ attention_backward_dkdv_kernel(const T* __restrict__ q, const T* __restrict__ k,
     const float* lse_bh = lse + (b * sh.heads + h) * Tq;
     const float* delta_bh = delta + (b * sh.heads + h) * Tq;
     for (int64_t t0 = t_begin; t0 < Tq; t0 += kBwdInner) {
+      // a query tile of no segment of the block's keys gives them no gradient
+      if (sh.segment_ids && !block_any_segment_in(sh.segment_ids, b, Tq, t0, kBwdInner, seg_lo, seg_hi)) continue;
       __syncthreads();
       load_tile<T, DMAX>(Qs, qb, qs.token, t0, kBwdInner, Tq, D);
       load_tile<T, DMAX>(dOs, db, dos.token, t0, kBwdInner, Tq, D);
@@ -306,10 +355,14 @@ attention_backward_dq_kernel(const T* __restrict__ q, const T* __restrict__ k, c
   float dq_acc[DJ];
 #pragma unroll
   for (int j = 0; j < DJ; ++j) dq_acc[j] = 0.0f;
+  __shared__ int segment_lo_hi[2];
+  int seg_lo = 0, seg_hi = 0;
+  if (sh.segment_ids) block_segment_range(sh.segment_ids, b, Tq, q0, kBwdRows, segment_lo_hi, seg_lo, seg_hi);
 
   int64_t kv_end = S;
   if (sh.causal) kv_end = min(S, q0 + kBwdRows + (S - Tq));
   for (int64_t k0 = 0; k0 < kv_end; k0 += kBwdInner) {
+    if (sh.segment_ids && !block_any_segment_in(sh.segment_ids, b, S, k0, kBwdInner, seg_lo, seg_hi)) continue;
     __syncthreads();
     load_tile<T, DMAX>(Ks, kb, ks.token, k0, kBwdInner, S, D);
     load_tile<T, DMAX>(Vs, vb, vs.token, k0, kBwdInner, S, D);
@@ -354,12 +407,13 @@ void allow_shared(Kernel kernel, size_t bytes) {
 }
 
 AttnShape shape_of(int64_t batch, int64_t heads, int64_t kv_heads, int64_t q_len, int64_t kv_len, int64_t head_dim,
-                   float scale, bool causal, int64_t window, const char* op) {
+                   float scale, bool causal, int64_t window, const int32_t* segment_ids, const char* op) {
   if (head_dim > 128 || head_dim < 1)
     fail(op, "head_dim must be in [1, 128] for the CUDA attention kernels", __FILE__, __LINE__);
   if (kv_heads < 1 || heads % kv_heads != 0)
     fail(op, "heads must be a multiple of kv_heads", __FILE__, __LINE__);
-  return AttnShape{batch, heads, kv_heads, q_len, kv_len, head_dim, scale, causal, window};
+  if (segment_ids && q_len != kv_len) fail(op, "segment_ids need q_len == kv_len", __FILE__, __LINE__);
+  return AttnShape{batch, heads, kv_heads, q_len, kv_len, head_dim, scale, causal, window, segment_ids};
 }
 
 template <typename T, int DMAX>
@@ -412,7 +466,7 @@ void launch_backward(const AttentionBackwardArgs& a, const AttnShape& sh, const 
 void attention_forward(const AttentionForwardArgs& a) {
   if (a.batch == 0 || a.heads == 0 || a.q_len == 0) return;
   const AttnShape sh = shape_of(a.batch, a.heads, a.kv_heads, a.q_len, a.kv_len, a.head_dim, a.scale, a.causal,
-                                a.window, "attention_forward");
+                                a.window, a.segment_ids, "attention_forward");
   dispatch_float(a.dtype, "attention_forward", [&](auto tag) {
     using T = decltype(tag);
     if (a.head_dim <= 64) launch_forward<T, 64>(a, sh);
@@ -423,7 +477,7 @@ void attention_forward(const AttentionForwardArgs& a) {
 void attention_backward(const AttentionBackwardArgs& a) {
   if (a.batch == 0 || a.heads == 0 || a.q_len == 0 || a.kv_len == 0) return;
   const AttnShape sh = shape_of(a.batch, a.heads, a.kv_heads, a.q_len, a.kv_len, a.head_dim, a.scale, a.causal,
-                                a.window, "attention_backward");
+                                a.window, a.segment_ids, "attention_backward");
   const int64_t rows = a.batch * a.heads * a.q_len;
   Scratch delta(sizeof(float) * size_t(rows));
   dispatch_float(a.dtype, "attention_backward", [&](auto tag) {

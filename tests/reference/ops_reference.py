@@ -105,9 +105,15 @@ def rms_norm(x, w, eps):
     return x * torch.rsqrt((x * x).mean(-1, keepdim=True) + eps) * w
 
 
-def attention(q, k, v, causal, key_mask=None, scale=None, window=0):
+def segment_mask(segment_ids):
+    """(B, T) ids -> (B, 1, T, T) bool: query t may see key s only within its own segment (packing)."""
+    return (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]
+
+
+def attention(q, k, v, causal, key_mask=None, scale=None, window=0, segment_ids=None):
     """q (B, H, T, D), k/v (B, Hkv, S, D); head h reads kv head h // (H / Hkv) (HF repeat_kv).
-    window > 0: query t sees keys s with t' - window < s <= t' (t' = t + S - T), Mistral's mask."""
+    window > 0: query t sees keys s with t' - window < s <= t' (t' = t + S - T), Mistral's mask.
+    segment_ids (B, T), T == S: the block-diagonal mask of packed sequences on top."""
     B, H, T, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
     if scale is None:
@@ -124,16 +130,18 @@ def attention(q, k, v, causal, key_mask=None, scale=None, window=0):
             allowed = allowed & (s > t + (S - T) - window)
     if key_mask is not None:
         allowed = allowed & key_mask.bool()[:, None, None, :]
+    if segment_ids is not None:
+        allowed = allowed & segment_mask(segment_ids)
     scores = scores.masked_fill(~allowed, float("-inf"))
     return torch.softmax(scores, dim=-1) @ v
 
 
-def attention_packed(qkv, n_head, causal, key_mask=None):
+def attention_packed(qkv, n_head, causal, key_mask=None, segment_ids=None):
     B, T, C3 = qkv.shape
     C = C3 // 3
     q, k, v = qkv.split(C, dim=2)
     heads = lambda t: t.reshape(B, T, n_head, C // n_head).transpose(1, 2)
-    y = attention(heads(q), heads(k), heads(v), causal, key_mask)
+    y = attention(heads(q), heads(k), heads(v), causal, key_mask, segment_ids=segment_ids)
     return y.transpose(1, 2).reshape(B, T, C)
 
 
@@ -153,7 +161,7 @@ def binary_bounds(fn):
     return bounds
 
 
-def attention_bound_parts(unit, q, k, v, dout, causal, key_mask, scale, window=0):
+def attention_bound_parts(unit, q, k, v, dout, causal, key_mask, scale, window=0, segment_ids=None):
     """Flash-style backward: dS = P (dP - rowsum(dO * O)) cancels. rowsum reads O as stored (one
     rounding, u) and both dot products of length D carry up to D * 2^-24 relative error."""
     B, H, T, D = q.shape
@@ -170,6 +178,8 @@ def attention_bound_parts(unit, q, k, v, dout, causal, key_mask, scale, window=0
             allowed = allowed & (torch.arange(S)[None, :] > torch.arange(T)[:, None] + (S - T) - window)
     if key_mask is not None:
         allowed = allowed & key_mask.bool()[:, None, None, :]
+    if segment_ids is not None:
+        allowed = allowed & segment_mask(segment_ids)
     P = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
     out = P @ ve
     a_t = (dout.abs() * out.abs()).sum(-1, keepdim=True)  # (B, H, T, 1)
@@ -183,19 +193,20 @@ def attention_bound_parts(unit, q, k, v, dout, causal, key_mask, scale, window=0
 
 
 def sdpa_bounds(causal, scale, window=0):
-    def bounds(unit, weight, q, k, v, key_mask=None):
-        dq, dk = attention_bound_parts(unit, q, k, v, weight, causal, key_mask, scale, window)
+    def bounds(unit, weight, q, k, v, key_mask=None, segment_ids=None):
+        dq, dk = attention_bound_parts(unit, q, k, v, weight, causal, key_mask, scale, window, segment_ids)
         return {"q": dq, "k": dk, "v": torch.zeros_like(v)}
     return bounds
 
 
 def packed_bounds(n_head, causal):
-    def bounds(unit, weight, qkv, key_mask=None):
+    def bounds(unit, weight, qkv, key_mask=None, segment_ids=None):
         B, T, C3 = qkv.shape
         C = C3 // 3
         heads = lambda t: t.reshape(B, T, n_head, C // n_head).transpose(1, 2)
         q, k, v = qkv.split(C, dim=2)
-        dq, dk = attention_bound_parts(unit, heads(q), heads(k), heads(v), heads(weight), causal, key_mask, None)
+        dq, dk = attention_bound_parts(unit, heads(q), heads(k), heads(v), heads(weight), causal, key_mask, None,
+                                       segment_ids=segment_ids)
         merge = lambda t: t.transpose(1, 2).reshape(B, T, C)
         return {"qkv": torch.cat([merge(dq), merge(dk), torch.zeros(B, T, C, dtype=f64)], dim=2)}
     return bounds
@@ -223,6 +234,22 @@ def key_padding_mask(draw, B, S):
     lengths = draw.ints(1, S + 1, B)
     lengths[0] = max(1, S - S // 3) if S > 1 else 1  # make sure some padding happens
     return (torch.arange(S)[None, :] < lengths[:, None].long()).to(torch.int32)
+
+
+def packed_segment_ids(draw, B, T, max_len):
+    """(B, T) i32 as data/packing.h lays rows out: examples of 1..max_len tokens numbered 1, 2, ...
+    back to back, then up to T/4 tokens of padding (segment 0)."""
+    rows = []
+    for _ in range(B):
+        seg = torch.zeros(T, dtype=torch.int32)
+        end = T - int(draw.ints(0, T // 4 + 1, 1)[0])
+        pos, sid = 0, 1
+        while pos < end:
+            n = min(int(draw.ints(1, max_len + 1, 1)[0]), end - pos)
+            seg[pos:pos + n] = sid
+            pos, sid = pos + n, sid + 1
+        rows.append(seg)
+    return torch.stack(rows)
 
 
 # ---------------------------------------------------------------- case collection
@@ -411,6 +438,35 @@ def build(c):
               lambda q, k, v, key_mask=None, causal=causal, scale=scale, window=window:
                   attention(q, k, v, causal, key_mask, scale, window),
               attrs, bounds=sdpa_bounds(causal, scale, window))
+    # packed sequences: (B, H, Hkv, T, D, causal, window, segments) with segments "packed" (as
+    # data/packing.h makes them, longest example given) or "scattered" (ids 1..3 at random: one
+    # segment in several runs, so the kernels may not assume contiguous segments)
+    for B, H, Hkv, T, D, causal, window, kind, max_len in [
+            (2, 4, 2, 150, 16, True, 0, "packed", 40),      # GQA, tiles skipped and tiles mixed
+            (1, 2, 2, 200, 16, True, 0, "packed", 90),      # examples longer than a tile
+            (2, 2, 2, 150, 16, True, 20, "packed", 60),     # sliding window within segments
+            (1, 4, 1, 70, 32, False, 0, "packed", 30),      # MQA, bidirectional
+            (2, 2, 2, 33, 16, True, 0, "scattered", 0),
+            (1, 2, 1, 90, 16, False, 0, "scattered", 0)]:
+        segment_ids = (packed_segment_ids(d, B, T, max_len) if kind == "packed"
+                       else d.ints(1, 4, B, T))
+        inputs = {"q": d.normal(B, H, T, D), "k": d.normal(B, Hkv, T, D), "v": d.normal(B, Hkv, T, D),
+                  "segment_ids": segment_ids}
+        label = (f"B{B}_H{H}_Hkv{Hkv}_T{T}_D{D}_" + ("causal" if causal else "bidir") + f"_{kind}" +
+                 (f"_window{window}" if window else ""))
+        attrs = {"causal": causal}
+        if window:
+            attrs["window"] = window
+        c.add("scaled_dot_product_attention", label, inputs,
+              lambda q, k, v, segment_ids, causal=causal, window=window:
+                  attention(q, k, v, causal, None, None, window, segment_ids),
+              attrs, bounds=sdpa_bounds(causal, None, window))
+    for B, T, C, n_head, causal in [(2, 70, 64, 4, True), (1, 130, 32, 2, True), (2, 40, 32, 2, False)]:
+        inputs = {"qkv": d.normal(B, T, 3 * C), "segment_ids": packed_segment_ids(d, B, T, 30)}
+        c.add("attention_packed_qkv", f"B{B}_T{T}_C{C}_nh{n_head}_" + ("causal" if causal else "bidir") + "_packed",
+              inputs, lambda qkv, segment_ids, n_head=n_head, causal=causal:
+                  attention_packed(qkv, n_head, causal, None, segment_ids),
+              {"n_head": n_head, "causal": causal}, bounds=packed_bounds(n_head, causal))
     for B, T, C, n_head, causal, masked in [(2, 7, 48, 3, True, False), (1, 70, 64, 4, True, False),
                                             (2, 33, 32, 2, False, True), (1, 130, 128, 2, True, False),
                                             (2, 1, 32, 4, True, False), (2, 20, 32, 2, True, True)]:
