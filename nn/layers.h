@@ -1,18 +1,50 @@
-// The basic layers: Linear, Embedding, LayerNorm, RMSNorm. Weights use PyTorch's layouts
-// (Linear weight is (out, in)); the importers in io/ map other layouts onto these.
+// The basic layers: Linear (with an optional LoRA adapter), Embedding, LayerNorm, RMSNorm.
+// Weights use PyTorch's layouts (Linear weight is (out, in)); the importers in io/ map other
+// layouts onto these.
 #pragma once
+#include <memory>
+
 #include "nn/module.h"
 #include "ops/ops.h"
 
 namespace kotoba::nn {
 
+// A low-rank update of a Linear (LoRA): y += scaling * (dropout(x) A^T) B^T. A and B sit in
+// child modules named "lora_A" and "lora_B" so that their parameters are named as PEFT's
+// (<layer>.lora_A.weight). nn/lora.h attaches these to the layers a config targets.
+struct LoraAdapter {
+  Module a_module, b_module;
+  Tensor A;  // (r, in)
+  Tensor B;  // (out, r)
+  float scaling = 1.0f;
+  float dropout = 0.0f;           // on the adapter's input, training mode only
+  mutable Generator dropout_gen;  // forward is const; dropout draws advance it
+  bool merged = false;            // scaling * B A has been added into the layer's weight
+};
+
 class Linear : public Module {
  public:
   // Weight N(0, init_std^2), bias zero.
   Linear(int64_t in_features, int64_t out_features, bool bias, float init_std, Generator& gen);
-  Tensor forward(const Tensor& x) const { return linear(x, weight, bias); }
+  Tensor forward(const Tensor& x) const;
+  int64_t in_features() const { return weight.size(1); }
+  int64_t out_features() const { return weight.size(0); }
+
+  // Attaches a rank-r adapter: A (r, in) and B (out, r) as given (trainable), on the weight's
+  // device. Replaces an unmerged adapter; an error if a merged one is attached.
+  void attach_lora(const Tensor& A, const Tensor& B, float scaling, float dropout, uint64_t dropout_seed);
+  // Removes the adapter (a merged one stays in the weight: merge-and-unload).
+  void detach_lora();
+  const LoraAdapter* lora() const { return lora_.get(); }
+  // weight += scaling * B A (the adapter then stops adding its own term), and back.
+  void merge_lora();
+  void unmerge_lora();
+
   Tensor weight;  // (out, in)
   Tensor bias;    // (out) or undefined
+
+ private:
+  std::unique_ptr<LoraAdapter> lora_;
 };
 
 class Embedding : public Module {

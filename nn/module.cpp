@@ -64,7 +64,33 @@ Tensor Module::register_parameter(std::string name, Tensor value) {
 
 void Module::register_module(std::string name, Module& child) { children_.emplace_back(std::move(name), &child); }
 
+bool Module::unregister_module(const std::string& name) {
+  for (auto it = children_.begin(); it != children_.end(); ++it)
+    if (it->first == name) {
+      children_.erase(it);
+      return true;
+    }
+  return false;
+}
+
+std::vector<std::pair<std::string, Module*>> Module::named_modules() const {
+  std::vector<std::pair<std::string, Module*>> out;
+  for (auto& [name, child] : children_) {
+    out.emplace_back(name, child);
+    for (auto& [sub, module] : child->named_modules()) out.emplace_back(name + "." + sub, module);
+  }
+  return out;
+}
+
+namespace {
+thread_local int skip_initialisation_depth = 0;
+}
+
+SkipInitialisation::SkipInitialisation() { ++skip_initialisation_depth; }
+SkipInitialisation::~SkipInitialisation() { --skip_initialisation_depth; }
+
 void init_normal(Tensor& t, float std, Generator& gen) {
+  if (skip_initialisation_depth > 0) return;
   float* p = t.data<float>();
   for (int64_t i = 0, n = t.numel(); i < n; ++i) p[i] = gen.normal() * std;
 }

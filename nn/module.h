@@ -38,6 +38,11 @@ class Module {
  // Registration is public so that plain Modules can group children (e.g. "transformer.").
   Tensor register_parameter(std::string name, Tensor value);
   void register_module(std::string name, Module& child);
+  // Removes the child registered as `name` (a LoRA adapter detached from its layer); false if none.
+  bool unregister_module(const std::string& name);
+  // Every module below this one (itself excluded), depth-first in registration order, with
+  // dotted names: how adapters find the layers a name pattern targets.
+  std::vector<std::pair<std::string, Module*>> named_modules() const;
 
 
  private:
@@ -47,7 +52,19 @@ class Module {
   bool training_ = true;
 };
 
-// Fills `t` (f32) with N(0, std^2) from `gen`.
+// Fills `t` (f32) with N(0, std^2) from `gen` — unless a SkipInitialisation is alive on this
+// thread, when `t` is left as allocated.
 void init_normal(Tensor& t, float std, Generator& gen);
+
+// While one is alive, models built on this thread skip their random initialisation: for a model
+// whose every parameter is about to be read from a file (drawing 124M normals took seconds of a
+// load). Nests.
+class SkipInitialisation {
+ public:
+  SkipInitialisation();
+  ~SkipInitialisation();
+  SkipInitialisation(const SkipInitialisation&) = delete;
+  SkipInitialisation& operator=(const SkipInitialisation&) = delete;
+};
 
 }  // namespace kotoba::nn
