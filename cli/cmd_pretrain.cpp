@@ -1,4 +1,5 @@
-// `kotoba pretrain`: GPT-2 pretraining on the token shards of `kotoba prepare`. Every flag is a
+// `kotoba pretrain`: GPT-2 / LLaMA (next-token) or BERT (masked-LM, --objective mlm) pretraining
+// on the token shards of `kotoba prepare`. Every flag is a
 // field of train::PretrainConfig (and a key of the --config JSON file); the loop is train/trainer.
 #include <cmath>
 #include <cstdio>
@@ -9,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/command.h"
+#include "cli/config_flags.h"
 #include "core/parallel.h"
 #include "core/progress.h"
 #include "train/trainer.h"
@@ -18,47 +20,17 @@ using kotoba::cli::Flags;
 
 namespace {
 
-std::string flag_name(const char* field) {
-  std::string name = field;
-  for (char& ch : name)
-    if (ch == '_') ch = '-';
-  return name;
-}
-
-void apply_flags(train::PretrainConfig& config, const Flags& flags) {
-  for (const auto& field : train::pretrain_config_fields()) {
-    std::string name = flag_name(field.name);
-    if (!flags.has(name)) continue;
-    std::visit(
-        [&](auto member) {
-          using T = std::remove_reference_t<decltype(config.*member)>;
-          if constexpr (std::is_same_v<T, int64_t>)
-            config.*member = flags.integer(name, 0);
-          else if constexpr (std::is_same_v<T, double>)
-            config.*member = flags.num(name, 0);
-          else
-            config.*member = flags.str(name);
-        },
-        field.member);
-  }
-}
-
 int usage() {
   std::cout << "kotoba pretrain --data DIR --tokenizer tokenizer.json --out DIR [--config cfg.json] [flags] [--resume]\n"
                "                [--json] [--quiet]\n"
-               "  Pretrains a GPT-2 on the token shards written by `kotoba prepare` (DIR/meta.json). Writes\n"
+               "  Pretrains a GPT-2 or LLaMA (--objective clm) or a BERT masked LM (--objective mlm --arch bert,\n"
+               "  with a WordPiece tokenizer) on the token shards written by `kotoba prepare` (DIR/meta.json). Writes\n"
                "  OUT/loss.csv and OUT/loss.png, a checkpoint in OUT/checkpoint every --checkpoint-every steps\n"
-               "  (--resume continues it exactly), and the final model directory OUT/model (HF GPT-2 layout).\n"
+               "  (--resume continues it exactly), and the final model directory OUT/model (HF layout).\n"
                "  --config reads a JSON object of the same fields (keys with underscores); flags override it.\n"
                "  With --resume the checkpoint's settings are the defaults.\n"
                "  --json prints the final metrics as one JSON line, last on stdout.\n\nfields:\n";
-  train::PretrainConfig defaults;
-  nlohmann::json d = train::pretrain_config_to_json(defaults);
-  for (const auto& field : train::pretrain_config_fields()) {
-    std::string flag = "--" + flag_name(field.name);
-    std::string value = d[field.name].is_string() ? d[field.name].get<std::string>() : d[field.name].dump();
-    std::printf("  %-20s %s (default %s)\n", flag.c_str(), field.help, value.empty() ? "none" : value.c_str());
-  }
+  cli::print_config_flags(train::pretrain_config_fields());
   return 0;
 }
 
@@ -66,20 +38,22 @@ nlohmann::json number_or_null(double v) { return std::isfinite(v) ? nlohmann::js
 
 int cmd_pretrain(const cli::Args& args) {
   if (cli::wants_help(args)) return usage();
-  std::vector<std::string> valued = {"config"};
-  for (const auto& field : train::pretrain_config_fields()) valued.push_back(flag_name(field.name));
+  std::vector<std::string> valued = cli::config_flag_names(train::pretrain_config_fields());
+  valued.push_back("config");
   Flags flags = Flags::parse(args, "pretrain", valued, {"resume", "json", "quiet"});
   const bool json_out = flags.has("json"), resume = flags.has("resume");
 
   // Defaults, then (resuming) the checkpoint's settings, then the config file, then the flags.
   train::PretrainConfig config;
   if (flags.has("config")) apply_pretrain_config_file(config, flags.str("config"));
-  apply_flags(config, flags);
+  cli::apply_config_flags(config, flags, train::pretrain_config_fields());
   if (resume) {
     config = train::Pretrainer::read_checkpoint_config(config.out);
     if (flags.has("config")) apply_pretrain_config_file(config, flags.str("config"));
-    apply_flags(config, flags);
+    cli::apply_config_flags(config, flags, train::pretrain_config_fields());
   }
+  // --objective mlm alone means BERT, the one masked-LM architecture.
+  if (config.objective == "mlm" && !flags.has("arch") && config.arch == "gpt2") config.arch = "bert";
   set_num_threads(int(config.threads));
   if (flags.has("quiet")) set_progress_quiet(true);
 
@@ -89,8 +63,8 @@ int cmd_pretrain(const cli::Args& args) {
   train::Pretrainer trainer(config, options);
   if (resume) trainer.resume();
   log_stream << "model: " << config.arch << ", " << config.n_layer << " layers x " << config.n_embd << " wide, "
-             << config.n_head << " heads, context " << trainer.model().max_positions() << ", vocabulary "
-             << trainer.model().vocab_size() << ", " << double(trainer.model().parameter_count()) / 1e6 << "M parameters; batch " << config.batch << " x "
+             << config.n_head << " heads, context " << trainer.model_max_positions() << ", vocabulary "
+             << trainer.model_vocab_size() << ", " << double(trainer.module().parameter_count()) / 1e6 << "M parameters; batch " << config.batch << " x "
              << config.seq << " x " << config.grad_accum << " accumulated; " << num_threads() << " threads"
              << std::endl;
   train::PretrainResult result = trainer.run();
@@ -113,4 +87,5 @@ int cmd_pretrain(const cli::Args& args) {
 
 }  // namespace
 
-KOTOBA_COMMAND("pretrain", "pretrain a GPT-2 on token shards from `kotoba prepare`", cmd_pretrain);
+KOTOBA_COMMAND("pretrain", "pretrain a GPT-2, LLaMA or BERT (masked LM) on token shards from `kotoba prepare`",
+               cmd_pretrain);

@@ -1,5 +1,6 @@
-// `kotoba tokenizer train|encode|decode`: byte-level BPE from the command line. Argument parsing
-// only; the work is tokenizer::Tokenizer (tokenizer/tokenizer.h).
+// `kotoba tokenizer train|encode|decode`: byte-level BPE or WordPiece (BERT) from the command line.
+// Argument parsing only; the work is tokenizer::Tokenizer (tokenizer/tokenizer.h) and
+// tokenizer::WordPiece (tokenizer/wordpiece.h).
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -10,6 +11,7 @@
 
 #include "cli/command.h"
 #include "tokenizer/tokenizer.h"
+#include "tokenizer/wordpiece.h"
 
 using namespace kotoba;
 using kotoba::cli::Flags;
@@ -20,9 +22,11 @@ namespace {
 const char* const kUsage =
     "kotoba tokenizer train  --input FILE [FILE...] --vocab-size N --out tokenizer.json\n"
     "                        [--special TOKEN]... [--min-frequency 2] [--threads N] [--quiet] [--json]\n"
+    "                        [--type bpe|wordpiece] [--no-lowercase] [--strip-accents|--no-strip-accents]\n"
+    "                        [--vocab-txt vocab.txt]\n"
     "kotoba tokenizer encode --tokenizer tokenizer.json [--json] (TEXT | --file FILE)\n"
     "kotoba tokenizer decode --tokenizer tokenizer.json [--json] ID [ID...]\n"
-    "  Byte-level BPE as GPT-2 (HF tokenizer.json format). `kotoba tokenizer <sub> --help` for details.\n";
+    "  Byte-level BPE as GPT-2, or WordPiece as BERT (HF tokenizer.json format). `kotoba tokenizer <sub> --help` for details.\n";
 
 int train(const cli::Args& args) {
   if (cli::wants_help(args)) {
@@ -32,20 +36,56 @@ int train(const cli::Args& args) {
                  "  files (a .jsonl file: the \"text\" field of each line). --special may repeat; default\n"
                  "  <|endoftext|> (--special '' for none). Merges seen fewer than --min-frequency times are\n"
                  "  not learned. Writes an HF tokenizer.json atomically. --json prints\n"
-                 "  {\"vocab_size\",\"merges\",\"seconds\"} as the last line.\n";
+                 "  {\"vocab_size\",\"merges\",\"seconds\"} as the last line.\n"
+                 "  --type wordpiece learns a BERT WordPiece vocabulary instead: BERT normalisation (lowercase\n"
+                 "  unless --no-lowercase; accents stripped when lowercasing unless --no-strip-accents, or\n"
+                 "  always with --strip-accents; CJK characters and punctuation split off), \"##\" continuation\n"
+                 "  pieces, specials [PAD] [UNK] [CLS] [SEP] [MASK] by default, [CLS] ... [SEP] added when\n"
+                 "  encoding for a model. --vocab-txt also writes BERT's vocab.txt. --threads applies to BPE.\n";
     return 0;
   }
-  Flags f = Flags::parse(args, "tokenizer train", {"input", "vocab-size", "out", "special", "min-frequency", "threads"},
-                         {"quiet", "json"}, /*max_positional=*/1000000);
+  Flags f = Flags::parse(args, "tokenizer train",
+                         {"input", "vocab-size", "out", "special", "min-frequency", "threads", "type", "vocab-txt"},
+                         {"quiet", "json", "no-lowercase", "strip-accents", "no-strip-accents"}, /*max_positional=*/1000000);
   KOTOBA_CHECK(f.has("input"), "tokenizer train: --input FILE... is required");
   KOTOBA_CHECK(f.has("vocab-size"), "tokenizer train: --vocab-size N is required");
   KOTOBA_CHECK(f.has("out"), "tokenizer train: --out tokenizer.json is required");
   // `--input a b c` and `--input a --input b` both work: extra files arrive as positional arguments.
   std::vector<std::string> inputs = f.all("input");
   for (const auto& p : f.positional()) inputs.push_back(p);
-  tokenizer::TrainOptions options;
+  const std::string type = f.has("type") ? f.str("type") : "bpe";
+  KOTOBA_CHECK(type == "bpe" || type == "wordpiece", "tokenizer train: --type must be bpe or wordpiece, got '", type, "'");
   int64_t vocab = f.integer("vocab-size", 0);
   KOTOBA_CHECK(vocab > 0 && vocab < (int64_t(1) << 31), "tokenizer train: --vocab-size must be positive");
+  if (type == "wordpiece") {
+    tokenizer::WordPieceTrainOptions wo;
+    wo.vocab_size = int32_t(vocab);
+    if (f.has("special")) {
+      wo.special_tokens.clear();
+      for (const auto& s : f.all("special"))
+        if (!s.empty()) wo.special_tokens.push_back(s);
+    }
+    wo.min_frequency = f.integer("min-frequency", 2);
+    KOTOBA_CHECK(wo.min_frequency >= 1, "tokenizer train: --min-frequency must be >= 1 for wordpiece");
+    KOTOBA_CHECK(!(f.has("strip-accents") && f.has("no-strip-accents")),
+                 "tokenizer train: give at most one of --strip-accents and --no-strip-accents");
+    wo.normalizer.lowercase = !f.has("no-lowercase");
+    if (f.has("strip-accents")) wo.normalizer.strip_accents = true;
+    if (f.has("no-strip-accents")) wo.normalizer.strip_accents = false;
+    wo.show_progress = !f.has("quiet");
+    auto t0 = std::chrono::steady_clock::now();
+    tokenizer::WordPiece wp = tokenizer::WordPiece::train(inputs, wo);
+    wp.save(f.str("out"));
+    if (f.has("vocab-txt")) wp.save_vocab_txt(f.str("vocab-txt"));
+    double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::printf("wrote %s: WordPiece vocabulary %d tokens, %.2fs\n", f.str("out").c_str(), wp.size(), seconds);
+    if (f.has("json"))
+      std::printf("%s\n", nlohmann::json{{"vocab_size", wp.size()}, {"seconds", seconds}}.dump().c_str());
+    return 0;
+  }
+  KOTOBA_CHECK(!f.has("vocab-txt") && !f.has("no-lowercase") && !f.has("strip-accents") && !f.has("no-strip-accents"),
+               "tokenizer train: --vocab-txt, --no-lowercase and --(no-)strip-accents apply to --type wordpiece");
+  tokenizer::TrainOptions options;
   options.vocab_size = int32_t(vocab);
   if (f.has("special")) {
     options.special_tokens.clear();
@@ -163,4 +203,5 @@ int cmd_tokenizer(const cli::Args& args) {
 
 }  // namespace
 
-KOTOBA_COMMAND("tokenizer", "train a byte-level BPE tokenizer; encode and decode text with one", cmd_tokenizer);
+KOTOBA_COMMAND("tokenizer", "train a byte-level BPE or WordPiece tokenizer; encode and decode text with one",
+               cmd_tokenizer);

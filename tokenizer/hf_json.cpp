@@ -296,7 +296,13 @@ Tokenizer Tokenizer::from_json(std::string_view text, const std::string& name) {
   if (!model.is_object()) r.fail("model", "expected an object");
   if (model.contains("type")) {
     std::string type = r.type_of(model, "model");
-    if (type != "BPE") r.fail("model.type", "'" + type + "' is not supported (kotoba reads \"BPE\")");
+    if (type == "WordPiece") {  // BERT: its own pipeline (tokenizer/wordpiece.h)
+      im.wordpiece = std::make_shared<const WordPiece>(WordPiece::from_json(doc, name));
+      im.prefix_ids = im.wordpiece->prefix_ids();
+      im.suffix_ids = im.wordpiece->suffix_ids();
+      return tok;
+    }
+    if (type != "BPE") r.fail("model.type", "'" + type + "' is not supported (kotoba reads \"BPE\" and \"WordPiece\")");
   }
   if (model.contains("dropout") && !model["dropout"].is_null() &&
       !(model["dropout"].is_number() && model["dropout"].get<double>() == 0.0))
@@ -493,6 +499,7 @@ void Tokenizer::save(const std::string& path) const {
     write_file_atomically(path, im.sentencepiece->serialized());
     return;
   }
+  if (im.wordpiece) return im.wordpiece->save(path);
   ordered_json doc;
   doc["version"] = "1.0";
   doc["truncation"] = im.truncation;

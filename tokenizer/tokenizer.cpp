@@ -554,6 +554,7 @@ void Tokenizer::Impl::encode(std::string_view text, std::vector<int32_t>& out) c
   size_t bad = find_invalid_utf8(text);
   KOTOBA_CHECK(bad == std::string_view::npos, "tokenizer: the text to encode is not valid UTF-8 at byte offset ",
                bad);
+  if (wordpiece) return wordpiece->encode(text, out);
   if (sentencepiece) {
     std::vector<int32_t> ids = sentencepiece->encode(text);
     out.insert(out.end(), ids.begin(), ids.end());
@@ -573,6 +574,7 @@ void Tokenizer::Impl::encode(std::string_view text, std::vector<int32_t>& out) c
 // raw bytes (no U+FFFD), so that a slice of an encoding decodes to its exact bytes.
 std::string Tokenizer::Impl::decode(std::span<const int32_t> ids) const {
   if (sentencepiece) return sentencepiece->decode(ids);
+  if (wordpiece) return wordpiece->decode(ids);
   std::string out;
   const int32_t n = int32_t(tokens.size());
   auto bad_id = [&](size_t i) {
@@ -730,11 +732,13 @@ std::string Tokenizer::decode(std::span<const int32_t> ids) const {
 
 int32_t Tokenizer::vocab_size() const {
   if (impl_->sentencepiece) return impl_->sentencepiece->size();
+  if (impl_->wordpiece) return impl_->wordpiece->size();
   return int32_t(impl_->tokens.size());
 }
 
 std::optional<int32_t> Tokenizer::token_to_id(std::string_view token) const {
   if (impl_->sentencepiece) return impl_->sentencepiece->piece_id(token);
+  if (impl_->wordpiece) return impl_->wordpiece->token_to_id(token);
   auto it = impl_->token_ids.find(token);
   if (it == impl_->token_ids.end()) return std::nullopt;
   return it->second;
@@ -744,6 +748,7 @@ std::string Tokenizer::id_to_token(int32_t id) const {
   KOTOBA_CHECK(id >= 0 && id < vocab_size(), "tokenizer: id ", id, " is outside the vocabulary [0, ", vocab_size(),
                ")");
   if (impl_->sentencepiece) return impl_->sentencepiece->piece(id);
+  if (impl_->wordpiece) return impl_->wordpiece->id_to_token(id);
   return impl_->tokens[size_t(id)];
 }
 
@@ -761,6 +766,7 @@ std::optional<int32_t> Tokenizer::eos_id() const {
   const Impl& im = *impl_;
   if (im.eos) return im.eos;
   if (im.sentencepiece) return im.sentencepiece->eos_id();
+  if (im.wordpiece) return im.wordpiece->token_to_id("[SEP]");  // BERT ends each sequence with [SEP]
   if (auto id = special_named(im.added, {"</s>", "<|endoftext|>", "<|end_of_text|>", "<eos>", "<|im_end|>"})) return id;
   for (const auto& a : im.added)
     if (a.special) return a.id;
@@ -771,6 +777,7 @@ std::optional<int32_t> Tokenizer::bos_id() const {
   const Impl& im = *impl_;
   if (im.bos) return im.bos;
   if (im.sentencepiece) return im.sentencepiece->bos_id();
+  if (im.wordpiece) return im.wordpiece->token_to_id("[CLS]");
   if (!im.prefix_ids.empty()) return im.prefix_ids.front();
   return special_named(im.added, {"<s>", "<|begin_of_text|>", "<bos>", "<|startoftext|>"});
 }
@@ -779,6 +786,7 @@ std::optional<int32_t> Tokenizer::pad_id() const {
   const Impl& im = *impl_;
   if (im.pad) return im.pad;
   if (im.sentencepiece) return im.sentencepiece->pad_id();
+  if (im.wordpiece) return im.wordpiece->token_to_id("[PAD]");
   if (im.padding.is_object() && im.padding.contains("pad_id") && im.padding["pad_id"].is_number_integer()) {
     int64_t id = im.padding["pad_id"].get<int64_t>();
     if (id >= 0 && id < vocab_size()) return int32_t(id);

@@ -16,6 +16,7 @@
 #include "tokenizer/pretokenize.h"
 #include "tokenizer/sentencepiece_model.h"
 #include "tokenizer/tokenizer.h"
+#include "tokenizer/wordpiece.h"
 
 namespace kotoba::tokenizer::internal {
 
@@ -130,6 +131,8 @@ struct Tokenizer::Impl {
 
   // SentencePiece .model: when set, encode/decode/vocabulary are SentencePiece's.
   std::shared_ptr<const SentencePieceModel> sentencepiece;
+  // WordPiece tokenizer.json (BERT): when set, encode/decode/vocabulary are its.
+  std::shared_ptr<const WordPiece> wordpiece;
 
   // Sections of a loaded file written back unchanged on save.
   nlohmann::json normalizer_json = nullptr, pre_tokenizer_json, post_processor = nullptr, decoder_json,

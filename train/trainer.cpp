@@ -15,7 +15,9 @@
 #include <unistd.h>
 
 #include "core/progress.h"
+#include "io/bert_config.h"
 #include "io/model_dir.h"
+#include "tokenizer/tokenizer.h"
 #include "nn/gpt2.h"
 #include "nn/llama.h"
 #include "io/safetensors.h"
@@ -31,15 +33,16 @@ using nlohmann::json;
 std::span<const PretrainConfigField> pretrain_config_fields() {
   using C = PretrainConfig;
   static const PretrainConfigField fields[] = {
-      {"arch", &C::arch, "architecture: gpt2 or llama", true},
+      {"objective", &C::objective, "clm (next token) or mlm (masked tokens, arch bert)", true},
+      {"arch", &C::arch, "architecture: gpt2, llama (objective clm) or bert (objective mlm)", true},
       {"n_layer", &C::n_layer, "transformer blocks", true},
       {"n_head", &C::n_head, "attention heads per block", true},
       {"n_embd", &C::n_embd, "model width", true},
       {"n_positions", &C::n_positions, "longest sequence the model accepts (0: = seq)", true},
       {"n_kv_head", &C::n_kv_head, "llama: key/value heads (0: = n_head)", true},
-      {"n_inner", &C::n_inner, "llama: MLP width (0: 8/3 n_embd, a multiple of 64)", true},
+      {"n_inner", &C::n_inner, "llama: MLP width (0: 8/3 n_embd, a multiple of 64); bert: (0: 4 n_embd)", true},
       {"rope_theta", &C::rope_theta, "llama: rotary base", true},
-      {"dropout", &C::dropout, "gpt2: dropout on embeddings and residual branches", true},
+      {"dropout", &C::dropout, "gpt2, bert: dropout on embeddings and residual branches", true},
       {"seq", &C::seq, "tokens per training window", true},
       {"batch", &C::batch, "windows per micro-batch", true},
       {"grad_accum", &C::grad_accum, "micro-batches per optimizer step", true},
@@ -65,58 +68,6 @@ std::span<const PretrainConfigField> pretrain_config_fields() {
   return fields;
 }
 
-json pretrain_config_to_json(const PretrainConfig& config) {
-  json j = json::object();
-  for (const auto& f : pretrain_config_fields())
-    std::visit([&](auto member) { j[f.name] = config.*member; }, f.member);
-  return j;
-}
-
-void apply_pretrain_config_json(PretrainConfig& config, const json& j, const std::string& source) {
-  KOTOBA_CHECK(j.is_object(), source, ": expected a JSON object of config keys");
-  auto fields = pretrain_config_fields();
-  for (auto& [key, value] : j.items()) {
-    auto it = std::find_if(fields.begin(), fields.end(), [&](const auto& f) { return key == f.name; });
-    if (it == fields.end()) {
-      std::string known;
-      for (const auto& f : fields) known += (known.empty() ? "" : ", ") + std::string(f.name);
-      throw Error(detail::concat(source, ": unknown key '", key, "' (known keys: ", known, ")"));
-    }
-    std::visit(
-        [&](auto member) {
-          using T = std::remove_reference_t<decltype(config.*member)>;
-          if constexpr (std::is_same_v<T, int64_t>) {
-            bool integral = value.is_number_integer() || value.is_number_unsigned() ||
-                            (value.is_number_float() && value.template get<double>() == std::floor(value.template get<double>()) &&
-                             std::abs(value.template get<double>()) < 9e15);
-            KOTOBA_CHECK(integral, source, ": key '", key, "' must be an integer, got ", value.dump());
-            config.*member = value.is_number_float() ? int64_t(value.template get<double>()) : value.template get<int64_t>();
-          } else if constexpr (std::is_same_v<T, double>) {
-            KOTOBA_CHECK(value.is_number(), source, ": key '", key, "' must be a number, got ", value.dump());
-            config.*member = value.template get<double>();
-          } else {
-            KOTOBA_CHECK(value.is_string(), source, ": key '", key, "' must be a string, got ", value.dump());
-            config.*member = value.template get<std::string>();
-          }
-        },
-        it->member);
-  }
-}
-
-void apply_pretrain_config_file(PretrainConfig& config, const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  KOTOBA_CHECK(in, path, ": cannot open the config file");
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  json j;
-  try {
-    j = json::parse(buffer.str());
-  } catch (const json::parse_error& e) {
-    throw Error(detail::concat(path, ": invalid JSON: ", e.what()));
-  }
-  apply_pretrain_config_json(config, j, path);
-}
-
 void validate_pretrain_config(const PretrainConfig& c) {
   auto positive = [](int64_t v, const char* name) {
     KOTOBA_CHECK(v > 0, "pretrain config: '", name, "' must be positive, got ", v);
@@ -124,9 +75,17 @@ void validate_pretrain_config(const PretrainConfig& c) {
   auto non_negative = [](double v, const char* name) {
     KOTOBA_CHECK(v >= 0, "pretrain config: '", name, "' must not be negative, got ", v);
   };
-  KOTOBA_CHECK(c.arch == "gpt2" || c.arch == "llama", "pretrain config: 'arch' must be \"gpt2\" or \"llama\", got \"",
-               c.arch, "\"");
-  if (c.arch == "gpt2") {
+  KOTOBA_CHECK(c.objective == "clm" || c.objective == "mlm", "pretrain config: 'objective' must be \"clm\" or \"mlm\", ",
+               "got \"", c.objective, "\"");
+  if (c.objective == "clm")
+    KOTOBA_CHECK(c.arch == "gpt2" || c.arch == "llama", "pretrain config: 'arch' must be \"gpt2\" or \"llama\" for ",
+                 "objective clm, got \"", c.arch, "\"", c.arch == "bert" ? " (bert trains with objective mlm)" : "");
+  else
+    KOTOBA_CHECK(c.arch == "bert", "pretrain config: 'arch' must be \"bert\" for objective mlm, got \"", c.arch, "\"");
+  if (c.arch == "bert") {
+    KOTOBA_CHECK(c.n_kv_head == 0, "pretrain config: 'n_kv_head' applies to arch llama");
+    KOTOBA_CHECK(c.n_inner >= 0, "pretrain config: 'n_inner' must not be negative");
+  } else if (c.arch == "gpt2") {
     KOTOBA_CHECK(c.n_kv_head == 0 && c.n_inner == 0, "pretrain config: 'n_kv_head' and 'n_inner' apply to arch llama "
                  "(GPT-2 has n_head key/value heads and a 4 n_embd MLP)");
   } else {
@@ -208,40 +167,6 @@ T state_field(const json& state, const char* key, const std::string& file) {
   }
 }
 
-std::string csv_number(double v) {
-  if (!std::isfinite(v)) return "";
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%.8g", v);
-  return buf;
-}
-
-std::string csv_line(const LossRow& r) {
-  return std::to_string(r.step) + "," + csv_number(r.lr) + "," + csv_number(r.train_loss) + "," +
-         csv_number(r.val_loss) + "," + csv_number(r.tokens_per_second) + "\n";
-}
-
-constexpr const char* kCsvHeader = "step,lr,train_loss,val_loss,tokens_per_second\n";
-
-std::vector<LossRow> read_loss_csv(const std::string& path, int64_t up_to_step) {
-  std::vector<LossRow> rows;
-  std::ifstream in(path);
-  if (!in) return rows;
-  std::string line;
-  std::getline(in, line);  // header
-  while (std::getline(in, line)) {
-    std::vector<std::string> cells;
-    std::stringstream ss(line);
-    std::string cell;
-    while (std::getline(ss, cell, ',')) cells.push_back(cell);
-    if (line.size() && line.back() == ',') cells.push_back("");
-    if (cells.size() != 5) continue;  // a row cut short by a kill
-    auto num = [](const std::string& s) { return s.empty() ? std::nan("") : std::strtod(s.c_str(), nullptr); };
-    LossRow r{std::strtoll(cells[0].c_str(), nullptr, 10), num(cells[1]), num(cells[2]), num(cells[3]), num(cells[4])};
-    if (r.step <= up_to_step) rows.push_back(r);
-  }
-  return rows;
-}
-
 }  // namespace
 
 std::string Pretrainer::checkpoint_dir(const std::string& out_dir) { return (fs::path(out_dir) / "checkpoint").string(); }
@@ -275,7 +200,31 @@ Pretrainer::Pretrainer(PretrainConfig config, PretrainerOptions options)
     options_.log("warning: " + config_.tokenizer + " is not byte-identical to the tokenizer.json '" + config_.data +
                  "' was prepared with (same vocabulary size, " + std::to_string(tokenizer_vocab_) + " tokens)");
   const int64_t context = config_.n_positions > 0 ? config_.n_positions : config_.seq;
-  if (config_.arch == "llama") {
+  if (config_.arch == "bert") {
+    // The tokenizer names what masking needs: [MASK], and the specials that are never masked.
+    tokenizer::Tokenizer tok = tokenizer::Tokenizer::load(config_.tokenizer);
+    auto mask = tok.token_to_id("[MASK]");
+    KOTOBA_CHECK(mask.has_value(), config_.tokenizer, ": objective mlm needs a [MASK] token (train a WordPiece ",
+                 "tokenizer: kotoba tokenizer train --type wordpiece)");
+    mlm_.mask_id = *mask;
+    mlm_.vocab_size = int32_t(tokenizer_vocab_);
+    for (const char* name : {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"})
+      if (auto id = tok.token_to_id(name)) mlm_.special_ids.push_back(*id);
+    validate_mlm_options(mlm_);
+    nn::BertConfig bc;
+    bc.vocab_size = tokenizer_vocab_;
+    bc.hidden_size = config_.n_embd;
+    bc.num_hidden_layers = config_.n_layer;
+    bc.num_attention_heads = config_.n_head;
+    bc.intermediate_size = config_.n_inner > 0 ? config_.n_inner : 4 * config_.n_embd;
+    bc.max_position_embeddings = context;
+    bc.layer_norm_eps = 1e-12f;
+    bc.pad_token_id = tok.token_to_id("[PAD]").value_or(0);
+    bc.hidden_dropout_prob = float(config_.dropout);
+    bc.attention_probs_dropout_prob = 0.0f;  // kotoba's attention has no dropout on its probabilities
+    bc.seed = uint64_t(config_.seed);
+    bert_ = std::make_unique<nn::BertForMaskedLM>(bc);
+  } else if (config_.arch == "llama") {
     nn::LlamaConfig mc;
     mc.vocab_size = tokenizer_vocab_;
     mc.hidden_size = config_.n_embd;
@@ -300,8 +249,8 @@ Pretrainer::Pretrainer(PretrainConfig config, PretrainerOptions options)
                       .seed = uint64_t(config_.seed)};
     model_ = std::make_unique<nn::GPT2>(mc);
   }
-  model_->train();
-  optimizer_ = std::make_unique<AdamW>(model_->named_parameters(),
+  module().train();
+  optimizer_ = std::make_unique<AdamW>(module().named_parameters(),
                                        AdamWConfig{.lr = float(config_.lr), .beta1 = float(config_.beta1),
                                                    .beta2 = float(config_.beta2), .eps = float(config_.eps),
                                                    .weight_decay = float(config_.weight_decay)});
@@ -319,18 +268,52 @@ Pretrainer::Pretrainer(PretrainConfig config, PretrainerOptions options)
 
 Pretrainer::~Pretrainer() = default;
 
+nn::CausalLM& Pretrainer::model() {
+  KOTOBA_CHECK(model_ != nullptr, "pretrain: arch ", config_.arch, " is not a causal language model");
+  return *model_;
+}
+nn::BertForMaskedLM& Pretrainer::bert() {
+  KOTOBA_CHECK(bert_ != nullptr, "pretrain: arch ", config_.arch, " is not bert");
+  return *bert_;
+}
+nn::Module& Pretrainer::module() { return bert_ ? static_cast<nn::Module&>(*bert_) : *model_; }
+int64_t Pretrainer::model_vocab_size() const { return bert_ ? bert_->vocab_size() : model_->vocab_size(); }
+int64_t Pretrainer::model_max_positions() const { return bert_ ? bert_->max_positions() : model_->max_positions(); }
+Generator& Pretrainer::dropout_generator() { return bert_ ? bert_->dropout_generator() : model_->dropout_generator(); }
+
+Tensor Pretrainer::batch_loss(const Tensor& x, const Tensor& y, uint64_t mask_seed, uint64_t batch_index) {
+  if (!bert_) return model_->loss(x, y);
+  // Packed windows have no padding: every position is a token, so no attention mask is needed.
+  mlm_mask(mlm_, x, mask_seed, batch_index, mlm_inputs_, mlm_labels_);
+  int32_t* labels = mlm_labels_.data<int32_t>();
+  const int64_t n = mlm_labels_.numel();
+  if (std::all_of(labels, labels + n, [](int32_t l) { return l == -100; })) {
+    // A batch with nothing selected (probability 0.85^tokens) would give a 0/0 loss: predict its
+    // first maskable token instead, so every step has a finite loss.
+    const int32_t* ids = x.data<int32_t>();
+    for (int64_t i = 0; i < n; ++i)
+      if (std::find(mlm_.special_ids.begin(), mlm_.special_ids.end(), ids[i]) == mlm_.special_ids.end()) {
+        labels[i] = ids[i];
+        mlm_inputs_.data<int32_t>()[i] = mlm_.mask_id;
+        break;
+      }
+  }
+  return bert_->loss(mlm_inputs_, Tensor(), Tensor(), mlm_labels_);
+}
+
 double Pretrainer::validation_loss() {
   if (!val_data_) return std::nan("");
   NoGradGuard no_grad;
-  model_->eval();
+  module().eval();
   data::WindowSampler sampler(*val_data_, config_.batch, config_.seq, mix64(uint64_t(config_.seed) ^ 0x7a1da7e5ull));
   Tensor x = Tensor::empty({config_.batch, config_.seq}, DType::i32), y = Tensor::empty({config_.batch, config_.seq}, DType::i32);
   double total = 0;
   for (int64_t i = 0; i < config_.eval_batches; ++i) {
     sampler.next(x, y);
-    total += model_->loss(x, y).to_vector()[0];
+    // Validation masks the same way every pass (its own seed, keyed by the batch number).
+    total += batch_loss(x, y, mix64(uint64_t(config_.seed) ^ 0x7a1f3a5cull), uint64_t(i)).to_vector()[0];
   }
-  model_->train();
+  module().train();
   return total / double(config_.eval_batches);
 }
 
@@ -344,14 +327,14 @@ void Pretrainer::save_checkpoint() {
   fs::create_directories(tmp);
   try {
     std::map<std::string, Tensor> weights, moments;
-    for (auto& [name, p] : model_->named_parameters()) weights[name] = p.detach();
+    for (auto& [name, p] : module().named_parameters()) weights[name] = p.detach();
     for (auto& slot : optimizer_->slots()) {
       moments["exp_avg." + slot.name] = slot.m;
       moments["exp_avg_sq." + slot.name] = slot.v;
     }
     save_safetensors((fs::path(tmp) / "model.safetensors").string(), weights, {{"format", "pt"}});
     save_safetensors((fs::path(tmp) / "optimizer.safetensors").string(), moments);
-    Generator& dropout = model_->dropout_generator();
+    Generator& dropout = dropout_generator();
     json state{{"format", kStateFormat},
                {"version", kStateVersion},
                {"step", step_},
@@ -388,13 +371,7 @@ void Pretrainer::resume() {
   auto cfg = state.find("config");
   KOTOBA_CHECK(cfg != state.end(), state_path, ": key 'config' is missing");
   apply_pretrain_config_json(saved, *cfg, state_path + " (config)");
-  json saved_json = pretrain_config_to_json(saved), now_json = pretrain_config_to_json(config_);
-  for (const auto& f : pretrain_config_fields()) {
-    if (!f.affects_trajectory) continue;
-    KOTOBA_CHECK(saved_json[f.name] == now_json[f.name], "resume: '", f.name, "' is ", now_json[f.name].dump(),
-                 " but the checkpoint (", state_path, ") was trained with ", saved_json[f.name].dump(),
-                 "; a resumed run must keep it");
-  }
+  check_resumable(saved, config_, state_path, pretrain_config_fields());
   int64_t step = state_field<int64_t>(state, "step", state_path);
   KOTOBA_CHECK(step >= 0 && step <= config_.steps, state_path, ": step ", step, " is beyond --steps ", config_.steps);
 
@@ -411,7 +388,7 @@ void Pretrainer::resume() {
     Tensor dst = into.detach();
     dst.copy_from(it->second);
   };
-  for (auto& [name, p] : model_->named_parameters()) take(weights, weights_path, name, p);
+  for (auto& [name, p] : module().named_parameters()) take(weights, weights_path, name, p);
   for (auto& slot : optimizer_->slots()) {
     take(moments, moments_path, "exp_avg." + slot.name, slot.m);
     take(moments, moments_path, "exp_avg_sq." + slot.name, slot.v);
@@ -419,7 +396,7 @@ void Pretrainer::resume() {
   optimizer_->set_step_count(state_field<int64_t>(state, "adamw_step", state_path));
   auto gen = state.find("dropout_generator");
   KOTOBA_CHECK(gen != state.end() && gen->is_object(), state_path, ": key 'dropout_generator' is missing");
-  model_->dropout_generator().set_state(state_field<uint64_t>(*gen, "seed", state_path),
+  dropout_generator().set_state(state_field<uint64_t>(*gen, "seed", state_path),
                                         state_field<uint64_t>(*gen, "offset", state_path));
   train_sampler_->set_state(state_field<uint64_t>(state, "train_sampler_state", state_path));
   step_ = step;
@@ -435,18 +412,8 @@ void Pretrainer::resume() {
 }
 
 void Pretrainer::write_loss_files() {
-  Series train_series{"train", {}, {}}, val_series{"validation", {}, {}};
-  for (const LossRow& r : rows_) {
-    train_series.x.push_back(double(r.step));
-    train_series.y.push_back(r.train_loss);
-    if (std::isfinite(r.val_loss)) {
-      val_series.x.push_back(double(r.step));
-      val_series.y.push_back(r.val_loss);
-    }
-  }
-  if (rows_.empty()) return;
-  write_line_plot((fs::path(config_.out) / "loss.png").string(), {train_series, val_series}, "pretraining loss",
-                  "step", "loss (nats/token)");
+  write_loss_plot((fs::path(config_.out) / "loss.png").string(), rows_,
+                  config_.objective == "mlm" ? "masked-LM pretraining loss" : "pretraining loss");
 }
 
 PretrainResult Pretrainer::run(int64_t stop_after_step) {
@@ -463,14 +430,11 @@ PretrainResult Pretrainer::run(int64_t stop_after_step) {
   }
   // loss.csv is rewritten once (header and the rows kept on resume), then appended row by row.
   std::string csv_path = (out / "loss.csv").string();
-  {
-    std::string text = kCsvHeader;
-    for (const LossRow& r : rows_) text += csv_line(r);
-    write_file_atomically(csv_path, text);
-  }
+  write_loss_csv(csv_path, rows_);
   const int64_t end_step = stop_after_step > 0 ? std::min(stop_after_step, c.steps) : c.steps;
   const int64_t B = c.batch, T = c.seq, tokens_per_step = B * T * c.grad_accum;
-  std::vector<Tensor> params = model_->parameters();
+  std::vector<Tensor> params = module().parameters();
+  const uint64_t mask_seed = mix64(uint64_t(c.seed) ^ 0x6d61736bull);
   Tensor x = Tensor::empty({B, T}, DType::i32), y = Tensor::empty({B, T}, DType::i32);
 
   Progress progress("pretrain", c.steps, {.unit = "steps", .quiet = !options_.progress});
@@ -489,7 +453,9 @@ PretrainResult Pretrainer::run(int64_t stop_after_step) {
     double loss_sum = 0;
     for (int64_t micro = 0; micro < c.grad_accum; ++micro) {
       train_sampler_->next(x, y);
-      Tensor loss = model_->loss(x, y);
+      // The masking of micro-batch k of step s is keyed by its global number: a resumed run
+      // masks exactly as the uninterrupted one.
+      Tensor loss = batch_loss(x, y, mask_seed, uint64_t((step - 1) * c.grad_accum + micro));
       float value = loss.to_vector()[0];
       if (!std::isfinite(value)) {
         std::string kept = last_checkpoint_step_ > 0
@@ -538,10 +504,7 @@ PretrainResult Pretrainer::run(int64_t stop_after_step) {
       tokens_per_second = seconds > 0 ? double(row_tokens) / seconds : 0;
       LossRow row{step, lr, row_loss_sum / double(row_steps), val, tokens_per_second};
       rows_.push_back(row);
-      std::ofstream csv(csv_path, std::ios::app);
-      csv << csv_line(row);
-      csv.flush();
-      KOTOBA_CHECK(csv, csv_path, ": cannot append");
+      append_loss_csv(csv_path, row);
       row_start = clock::now();
       row_loss_sum = 0;
       row_steps = row_tokens = 0;
@@ -573,7 +536,8 @@ PretrainResult Pretrainer::run(int64_t stop_after_step) {
     int32_t eos = train_sampler_->dataset().eos_id();
     if (eos >= 0) generation.bos_token_id = generation.eos_token_id = eos;
     result.model_dir = (out / "model").string();
-    save_model_dir(result.model_dir, *model_, c.tokenizer, generation);
+    if (bert_) save_bert_dir(result.model_dir, *bert_, c.tokenizer);
+    else save_model_dir(result.model_dir, *model_, c.tokenizer, generation);
     if (options_.log) options_.log("model written to " + result.model_dir);
   }
   return result;

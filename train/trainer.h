@@ -1,4 +1,5 @@
-// The pretraining loop as a library: GPT-2 on token shards from `kotoba prepare`, AdamW with
+// The pretraining loop as a library: GPT-2 or LLaMA (next-token objective) or BERT (masked-LM
+// objective, train/mlm.h) on token shards from `kotoba prepare`, AdamW with
 // linear warm-up and cosine decay, gradient accumulation and clipping, periodic validation,
 // atomic checkpoints that resume bit-identically, loss.csv/loss.png and a final model directory.
 #pragma once
@@ -15,7 +16,11 @@
 #include <nlohmann/json.hpp>
 
 #include "data/token_dataset.h"
+#include "nn/bert.h"
 #include "nn/causal_lm.h"
+#include "train/mlm.h"
+#include "train/config_fields.h"
+#include "train/loss_log.h"
 #include "train/optim.h"
 
 namespace kotoba::train {
@@ -24,15 +29,16 @@ namespace kotoba::train {
 // key of the --config JSON file; pretrain_config_fields() is the one list both are made from.
 struct PretrainConfig {
   // Model. vocab_size comes from the tokenizer.
-  std::string arch = "gpt2";  // "gpt2" or "llama" (RMSNorm, RoPE, SwiGLU, grouped-query attention)
+  std::string objective = "clm";  // "clm" (next token: gpt2, llama) or "mlm" (masked tokens: bert)
+  std::string arch = "gpt2";  // "gpt2", "llama" (RMSNorm, RoPE, SwiGLU, grouped-query attention) or "bert"
   int64_t n_layer = 6;
   int64_t n_head = 6;
   int64_t n_embd = 384;
   int64_t n_positions = 0;  // longest sequence the model accepts; 0: equal to seq
   int64_t n_kv_head = 0;    // llama: key/value heads (0: = n_head)
-  int64_t n_inner = 0;      // llama: MLP width (0: 8/3 n_embd rounded up to a multiple of 64); gpt2: 4 n_embd
+  int64_t n_inner = 0;      // llama: MLP width (0: 8/3 n_embd rounded up to a multiple of 64); bert: (0: 4 n_embd); gpt2: 4 n_embd
   double rope_theta = 10000.0;  // llama
-  double dropout = 0.0;     // gpt2: on embeddings and residual branches
+  double dropout = 0.0;     // gpt2, bert: on embeddings and residual branches
 
   // Batches: each optimizer step sees grad_accum micro-batches of batch windows of seq tokens.
   int64_t seq = 256;
@@ -64,33 +70,28 @@ struct PretrainConfig {
   std::string out = "pretrain-run";
 };
 
-// The field table: name, member and a one-line help, for JSON and flags alike.
-struct PretrainConfigField {
-  const char* name;
-  std::variant<int64_t PretrainConfig::*, double PretrainConfig::*, std::string PretrainConfig::*> member;
-  const char* help;
-  bool affects_trajectory;  // must match the checkpoint's on resume
-};
+// The field table: name, member, a one-line help, and whether a resumed run must keep it.
+using PretrainConfigField = ConfigField<PretrainConfig>;
 std::span<const PretrainConfigField> pretrain_config_fields();
 
-nlohmann::json pretrain_config_to_json(const PretrainConfig& config);
+inline nlohmann::json pretrain_config_to_json(const PretrainConfig& config) {
+  return config_to_json(config, pretrain_config_fields());
+}
 // Applies the keys of `json` onto `config`: an unknown key is an error naming `source` and the
 // key; a mistyped value names the key and the expected type.
-void apply_pretrain_config_json(PretrainConfig& config, const nlohmann::json& json, const std::string& source);
+inline void apply_pretrain_config_json(PretrainConfig& config, const nlohmann::json& json, const std::string& source) {
+  apply_config_json(config, json, source, pretrain_config_fields());
+}
 // Reads a JSON config file onto `config` (same errors, naming the file).
-void apply_pretrain_config_file(PretrainConfig& config, const std::string& path);
+inline void apply_pretrain_config_file(PretrainConfig& config, const std::string& path) {
+  apply_config_file(config, path, pretrain_config_fields());
+}
 // Range checks (positive sizes, n_embd % n_head, lr >= min_lr, ...); errors name the field.
 void validate_pretrain_config(const PretrainConfig& config);
 
 // The learning rate at optimizer step `step` (1-based): linear warm-up to lr over `warmup`
 // steps, then a cosine from lr down to min_lr at step `steps`.
 double learning_rate_at(const PretrainConfig& config, int64_t step);
-
-// One row of loss.csv. val_loss is NaN where no validation ran at that step.
-struct LossRow {
-  int64_t step = 0;
-  double lr = 0, train_loss = 0, val_loss = 0, tokens_per_second = 0;
-};
 
 struct PretrainResult {
   int64_t step = 0;             // optimizer steps done
@@ -123,7 +124,13 @@ class Pretrainer {
   double validation_loss();
   void save_checkpoint();
 
-  nn::CausalLM& model() { return *model_; }
+  // The causal model (objective clm; throws for mlm) or the BERT (objective mlm; throws for clm).
+  nn::CausalLM& model();
+  nn::BertForMaskedLM& bert();
+  // Whichever model is trained.
+  nn::Module& module();
+  int64_t model_vocab_size() const;
+  int64_t model_max_positions() const;
   const PretrainConfig& config() const { return config_; }
   int64_t step() const { return step_; }
 
@@ -133,10 +140,17 @@ class Pretrainer {
 
  private:
   void write_loss_files();
+  Generator& dropout_generator();
+  // The objective's loss on a window batch x (next tokens y): next-token loss, or for mlm the
+  // masked-token loss with masking keyed by (seed, batch_index).
+  Tensor batch_loss(const Tensor& x, const Tensor& y, uint64_t mask_seed, uint64_t batch_index);
   PretrainConfig config_;
   PretrainerOptions options_;
   int64_t tokenizer_vocab_ = 0;
   std::unique_ptr<nn::CausalLM> model_;
+  std::unique_ptr<nn::BertForMaskedLM> bert_;
+  MlmOptions mlm_;
+  Tensor mlm_inputs_, mlm_labels_;
   std::unique_ptr<AdamW> optimizer_;
   std::unique_ptr<data::WindowSampler> train_sampler_;
   std::optional<data::TokenDataset> val_data_;

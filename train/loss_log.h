@@ -1,0 +1,26 @@
+// The loss curve every training command writes: OUT/loss.csv (one row per logged step, appended
+// as training goes, cut back to the checkpoint on resume) and OUT/loss.png drawn from it.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace kotoba::train {
+
+// One row of loss.csv. val_loss is NaN where no validation ran at that step.
+struct LossRow {
+  int64_t step = 0;
+  double lr = 0, train_loss = 0, val_loss = 0, tokens_per_second = 0;
+};
+
+// Rewrites `path` atomically with the header and `rows`.
+void write_loss_csv(const std::string& path, const std::vector<LossRow>& rows);
+// Appends one row (flushed; an Error naming the file if it cannot be written).
+void append_loss_csv(const std::string& path, const LossRow& row);
+// The rows of `path` up to step `up_to_step` (a missing file gives none; a row cut short by a
+// kill is skipped).
+std::vector<LossRow> read_loss_csv(const std::string& path, int64_t up_to_step);
+// loss.png: the training loss and, where there is one, the validation loss against the step.
+void write_loss_plot(const std::string& path, const std::vector<LossRow>& rows, const std::string& title);
+
+}  // namespace kotoba::train
