@@ -1,0 +1,450 @@
+// Supervised fine-tuning: the masked loss and its gradients against transformers (padded and
+// packed batches), a small model that learns to follow held-out instructions (full and LoRA),
+// exact resume, and the errors a user meets.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
+
+#include "chat/chat_template.h"
+#include "core/rng.h"
+#include "data/instruct_data.h"
+#include "data/packing.h"
+#include "infer/generate.h"
+#include "io/model_dir.h"
+#include "io/peft.h"
+#include "io/safetensors.h"
+#include "nn/gpt2.h"
+#include "nn/llama.h"
+#include "tokenizer/tokenizer.h"
+#include "train/sft.h"
+#include "test_util.h"
+
+namespace fs = std::filesystem;
+namespace kt = kotoba::testing;
+using namespace kotoba;
+using nlohmann::json;
+
+namespace {
+
+fs::path scratch(const std::string& name) {
+  fs::path dir = fs::temp_directory_path() / ("kotoba_sft_" + std::to_string(::getpid())) / name;
+  fs::remove_all(dir);
+  fs::create_directories(dir.parent_path());
+  return dir;
+}
+
+std::string slurp(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// ---- against transformers ----
+
+class SftLoss : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(SftLoss, PaddedAndPackedLossAndGradientsMatchTransformers) {
+  const fs::path dir = kt::reference_dir() / "sft" / GetParam();
+  ASSERT_TRUE(fs::exists(dir / "reference.safetensors")) << kt::reference_missing(dir / "reference.safetensors");
+  SafeTensors ref = load_safetensors((dir / "reference.safetensors").string());
+  const Tensor& ids_t = ref.tensors.at("ids");
+  const Tensor& labels_t = ref.tensors.at("labels");
+  const Tensor& lengths_t = ref.tensors.at("lengths");
+  std::vector<data::PackingExample> examples;
+  int64_t at = 0;
+  for (int64_t e = 0; e < lengths_t.numel(); ++e) {
+    const int64_t n = lengths_t.data<int32_t>()[e];
+    examples.push_back({std::vector<int32_t>(ids_t.data<int32_t>() + at, ids_t.data<int32_t>() + at + n),
+                        std::vector<int32_t>(labels_t.data<int32_t>() + at, labels_t.data<int32_t>() + at + n)});
+    at += n;
+  }
+  const double want = ref.tensors.at("loss").to_vector()[0];
+
+  LoadedModel loaded = load_model_dir(dir.string());
+  nn::CausalLM& model = *loaded.model;
+  model.train();
+  auto check = [&](const char* layout, Tensor loss) {
+    model.zero_grad();
+    loss.backward();
+    const double got = loss.to_vector()[0];
+    EXPECT_NEAR(got, want, 1e-4 * std::abs(want)) << GetParam() << " " << layout;
+    int checked = 0;
+    for (auto& [name, p] : model.named_parameters()) {
+      auto it = ref.tensors.find("grad." + name);
+      ASSERT_NE(it, ref.tensors.end()) << "no reference gradient for " << name;
+      kt::Comparison c = kt::compare_to_reference(p.grad(), it->second, {1e-4, 1e-4});
+      EXPECT_TRUE(c.ok) << GetParam() << " " << layout << " " << name << ": " << c.describe();
+      ++checked;
+    }
+    EXPECT_EQ(checked, int(model.named_parameters().size()));
+  };
+
+  std::vector<const data::PackingExample*> all;
+  for (const auto& e : examples) all.push_back(&e);
+  train::SftBatch padded = train::make_sft_batch(all, /*pad_id=*/3);
+  check("padded", model.loss(padded.ids, padded.targets));
+
+  // Packed into rows of 48 tokens: several examples share a row.
+  data::PackedExamples packed = data::pack_examples(examples, 48, /*pad_id=*/5);
+  ASSERT_LT(packed.rows.size(), examples.size()) << "the case should pack several examples into a row";
+  check("packed", model.packed_loss(packed.batch));
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, SftLoss, ::testing::Values("gpt2", "llama_gqa"),
+                         [](const ::testing::TestParamInfo<const char*>& info) { return std::string(info.param); });
+
+// ---- a task a test can score exactly ----
+
+// Two instructions over strings of five letters: repeat them, or write them in capitals.
+// Held-out prompts are strings never seen in training.
+struct LetterTask {
+  std::vector<data::SftExample> train, test;
+  std::vector<std::string> expected;  // test answers
+};
+
+// 5 distinct letters of a-p, space-separated (one token each under the tests' tokenizer).
+std::string letters_of(uint64_t seed, uint64_t index) {
+  const int length = 5;
+  std::string pool = "abcdefghijklmnop", s;
+  for (int i = 0; i < length; ++i) {
+    const size_t pick = size_t(mix64(seed + index * 131 + uint64_t(i)) % pool.size());
+    if (i) s += ' ';
+    s += pool[pick];
+    pool.erase(pick, 1);
+  }
+  return s;
+}
+
+std::string answer_of(const std::string& instruction, const std::string& input) {
+  std::string out = input;
+  if (instruction.rfind("Write", 0) == 0)
+    for (char& c : out)
+      if (c >= 'a' && c <= 'z') c = char(c - 'a' + 'A');
+  return out;
+}
+
+data::SftExample alpaca(const std::string& instruction, const std::string& input, const std::string& output) {
+  data::SftExample e;
+  e.messages.push_back({"user", instruction, input});
+  e.messages.push_back({"assistant", output, ""});
+  return e;
+}
+
+LetterTask make_letter_task(uint64_t seed, int n_train, int n_test) {
+  LetterTask task;
+  std::set<std::string> seen;
+  const char* instructions[] = {"Repeat the letters.", "Write the letters in capitals."};
+  uint64_t index = 0;
+  while (int(task.train.size()) < n_train || int(task.test.size()) < n_test) {
+    const std::string input = letters_of(seed, index++);
+    const std::string instruction = instructions[mix64(seed ^ index) % 2];
+    const std::string key = instruction + "|" + input;
+    if (!seen.insert(key).second) continue;
+    if (int(task.train.size()) < n_train) {
+      task.train.push_back(alpaca(instruction, input, answer_of(instruction, input)));
+    } else {
+      task.test.push_back(alpaca(instruction, input, ""));
+      task.expected.push_back(answer_of(instruction, input));
+    }
+  }
+  return task;
+}
+
+void write_alpaca_jsonl(const fs::path& path, const std::vector<data::SftExample>& examples) {
+  std::ofstream out(path);
+  for (const auto& e : examples)
+    out << json{{"instruction", e.messages[0].content}, {"input", e.messages[0].input},
+                {"output", e.messages[1].content}}.dump()
+        << "\n";
+}
+
+// A byte-level BPE trained on the task's text, and a random LLaMA-architecture model (RoPE) that has never seen it.
+fs::path make_base_model(const fs::path& root, const LetterTask& task, uint64_t seed, float init_std = 0.02f) {
+  fs::create_directories(root);
+  const fs::path corpus = root / "corpus.txt";
+  {
+    std::ofstream out(corpus);
+    const chat::ChatTemplate plain(chat::TemplateStyle::plain, "", "<|endoftext|>");
+    for (const auto& e : task.train)
+      out << plain.render(data::template_messages(e.messages, chat::TemplateStyle::plain), false) << "\n";
+  }
+  tokenizer::TrainOptions options;
+  options.vocab_size = 300;
+  options.show_progress = false;
+  tokenizer::Tokenizer tok = tokenizer::Tokenizer::train({corpus.string()}, options);
+  const fs::path tokenizer_json = root / "tokenizer.json";
+  tok.save(tokenizer_json.string());
+  nn::LlamaConfig mc;
+  mc.vocab_size = tok.vocab_size();
+  mc.hidden_size = 64;
+  mc.intermediate_size = 128;
+  mc.num_hidden_layers = 2;
+  mc.num_attention_heads = mc.num_key_value_heads = 4;
+  mc.max_position_embeddings = 192;
+  mc.tie_word_embeddings = true;
+  mc.seed = seed;
+  mc.initializer_range = init_std;
+  nn::Llama model(mc);
+  GenerationConfig generation;
+  generation.eos_token_id = generation.bos_token_id = *tok.token_to_id("<|endoftext|>");
+  const fs::path dir = root / "base";
+  save_model_dir(dir.string(), model, tokenizer_json.string(), generation);
+  return dir;
+}
+
+// The share of held-out prompts answered exactly (greedy decoding, the template's stop strings).
+double exact_match(nn::CausalLM& model, const tokenizer::Tokenizer& tok, const chat::ChatTemplate& tmpl,
+                   const LetterTask& task) {
+  std::vector<std::vector<int32_t>> prompts;
+  for (const auto& e : task.test) {
+    std::vector<chat::Message> user = data::template_messages({e.messages[0]}, tmpl.style());
+    prompts.push_back(tok.encode(tmpl.render(user, /*add_generation_prompt=*/true), true));
+  }
+  infer::GenerationOptions o;
+  o.max_new_tokens = 24;
+  if (tok.eos_id()) o.eos_token_ids = {*tok.eos_id()};
+  o.stop_strings = tmpl.stop_strings();
+  o.detokenize = [&tok](std::span<const int32_t> ids) { return tok.decode(ids); };
+  model.eval();
+  std::vector<infer::GenerationResult> results = infer::generate_batch(model, prompts, o);
+  int right = 0;
+  for (size_t i = 0; i < results.size(); ++i) {
+    const infer::GeneratedSequence& s = results[i].sequences[0];
+    std::vector<int32_t> ids = s.ids;
+    if (!ids.empty() && tok.eos_id() && ids.back() == *tok.eos_id()) ids.pop_back();
+    std::string text = tok.decode(ids);
+    if (s.text_end > 0) text = text.substr(0, s.text_end);
+    for (const std::string& stop : o.stop_strings)
+      if (text.size() >= stop.size() && text.compare(text.size() - stop.size(), stop.size(), stop) == 0)
+        text.resize(text.size() - stop.size());
+    right += chat::python_strip(text) == task.expected[i];
+    if (i < 3 && std::getenv("KOTOBA_SFT_DEBUG"))
+      std::printf("prompt %s\n -> [%s] want [%s]\n", tok.decode(prompts[i]).c_str(), text.c_str(), task.expected[i].c_str());
+  }
+  return double(right) / double(results.size());
+}
+
+struct TaskRun {
+  double base_score = 0, tuned_score = 0;
+  train::SftResult result;
+};
+
+TaskRun run_letter_task(const std::string& name, train::SftConfig config) {
+  const uint64_t seed = kt::test_seed();
+  const fs::path root = scratch(name);
+  LetterTask task = make_letter_task(seed, 3000, 200);
+  const fs::path base = make_base_model(root, task, seed);
+  write_alpaca_jsonl(root / "train.jsonl", task.train);
+  config.model = base.string();
+  config.data = (root / "train.jsonl").string();
+  config.chat_template = "plain";
+  config.out = (root / "run").string();
+  TaskRun run;
+  {
+    LoadedModel loaded = load_model_dir(base.string());
+    tokenizer::Tokenizer tok = tokenizer::Tokenizer::load_dir(base.string());
+    run.base_score = exact_match(*loaded.model, tok, chat::ChatTemplate(chat::TemplateStyle::plain, "", "<|endoftext|>"),
+                                 task);
+  }
+  train::SftTrainer trainer(config, {.progress = false});
+  run.result = trainer.run();
+  run.tuned_score = exact_match(trainer.model(), trainer.tokenizer(), trainer.chat_template(), task);
+  std::printf("%s: exact match %.1f%% before, %.1f%% after %lld steps (val loss %.4f)\n", name.c_str(),
+              100 * run.base_score, 100 * run.tuned_score, (long long)run.result.step, run.result.val_loss);
+  return run;
+}
+
+TEST(SftTask, FullFineTuningFollowsHeldOutInstructions) {
+  train::SftConfig c;
+  c.max_length = 64;
+  c.pack = 1;
+  c.batch = 16;  // packed rows of 64 tokens: about 32 examples
+  c.steps = 2000;
+  c.lr = 5e-3;
+  c.warmup = 50;
+  c.min_lr = 1e-4;
+  c.checkpoint_every = 0;
+  c.val_fraction = 0.02;
+  TaskRun run = run_letter_task("full", c);
+  EXPECT_LE(run.base_score, 0.05);
+  EXPECT_GE(run.tuned_score, 0.95);
+  EXPECT_TRUE(fs::exists(run.result.model_dir + "/model.safetensors"));
+  // The tuned directory names its template, so `kotoba chat` renders what it learnt.
+  json tc = json::parse(slurp(run.result.model_dir + "/tokenizer_config.json"));
+  EXPECT_EQ(tc["chat_template"].get<std::string>(), chat::template_jinja(chat::TemplateStyle::plain));
+}
+
+// LoRA on the same task: the adapters alone (base frozen) must cut the validation loss, and the
+// PEFT adapter written at the end, put back on the base, must give the tuned model's logits.
+// (Reaching the full run's exact match with LoRA on a 136k-parameter random base is not yet
+// achieved: see the closing note of the fine-tuning issue.)
+TEST(SftTask, LoraAdaptersLearnAndReload) {
+  const uint64_t seed = kt::test_seed();
+  const fs::path root = scratch("lora");
+  LetterTask task = make_letter_task(seed, 1000, 1);
+  // A frozen head of N(0, 0.02^2) weights cannot make confident predictions whatever the adapters
+  // do (the logits' scale is bounded by the frozen norms and embeddings); a trained base has larger
+  // weights, which a wider random init stands in for here.
+  const fs::path base = make_base_model(root, task, seed, 0.1f);
+  write_alpaca_jsonl(root / "train.jsonl", task.train);
+  train::SftConfig c;
+  c.model = base.string();
+  c.data = (root / "train.jsonl").string();
+  c.chat_template = "plain";
+  c.out = (root / "run").string();
+  c.max_length = 64;
+  c.batch = 32;
+  c.steps = 300;
+  c.lr = 5e-3;
+  c.warmup = 20;
+  c.checkpoint_every = 0;
+  c.val_fraction = 0.05;
+  c.lora_r = 16;
+  c.lora_alpha = 32;
+  c.lora_dropout = 0.0;
+  c.lora_targets = "all-linear";
+  train::SftTrainer trainer(c, {.progress = false});
+  const double before = trainer.validation_loss();
+  train::SftResult result = trainer.run();
+  std::printf("LoRA: validation loss %.4f before, %.4f after %lld steps; %s\n", before, result.val_loss,
+              (long long)result.step, trainer.trainable_parameters_report().c_str());
+  EXPECT_LT(result.val_loss, 0.85 * before);
+  ASSERT_TRUE(fs::exists(result.adapter_dir + "/adapter_model.safetensors"));
+
+  LoadedModel reloaded = load_model_dir(base.string());
+  load_peft_adapter(*reloaded.model, result.adapter_dir);
+  Tensor ids = Tensor::from_vector_i32({5, 9, 2, 7, 11, 3}, {1, 6});
+  NoGradGuard no_grad;
+  trainer.model().eval();
+  reloaded.model->eval();
+  const std::vector<float> a = trainer.model().logits(ids).to_vector(), b = reloaded.model->logits(ids).to_vector();
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) ASSERT_NEAR(a[i], b[i], 1e-5) << i;
+}
+
+// ---- resume, errors ----
+
+// A small LoRA run with packing, stopped and resumed, ends with the same adapter as one run
+// straight through.
+TEST(SftTrainer, ResumedRunEqualsUninterruptedRun) {
+  const uint64_t seed = kt::test_seed();
+  const fs::path root = scratch("resume");
+  LetterTask task = make_letter_task(seed, 200, 1);
+  const fs::path base = make_base_model(root, task, seed);
+  write_alpaca_jsonl(root / "train.jsonl", task.train);
+  train::SftConfig c;
+  c.model = base.string();
+  c.data = (root / "train.jsonl").string();
+  c.chat_template = "alpaca";
+  c.max_length = 160;
+  c.batch = 4;
+  c.grad_accum = 2;
+  c.steps = 12;
+  c.pack = 1;
+  c.lora_r = 4;
+  c.lora_dropout = 0.1;
+  c.checkpoint_every = 5;
+  c.log_every = 1;
+  c.out = (root / "straight").string();
+  train::SftResult straight = train::SftTrainer(c, {.progress = false}).run();
+  c.out = (root / "stopped").string();
+  train::SftTrainer(c, {.progress = false}).run(/*stop_after_step=*/7);
+  train::SftTrainer resumed(c, {.progress = false});
+  resumed.resume();
+  train::SftResult after = resumed.run();
+  ASSERT_TRUE(straight.finished && after.finished);
+  EXPECT_EQ(straight.train_loss, after.train_loss);
+  SafeTensors a = load_safetensors(straight.adapter_dir + "/adapter_model.safetensors");
+  SafeTensors b = load_safetensors(after.adapter_dir + "/adapter_model.safetensors");
+  ASSERT_EQ(a.tensors.size(), b.tensors.size());
+  for (auto& [name, t] : a.tensors) {
+    ASSERT_TRUE(b.tensors.count(name)) << name;
+    EXPECT_EQ(t.to_vector(), b.tensors.at(name).to_vector()) << name;
+  }
+  // The loss curve of the resumed run is the straight run's.
+  EXPECT_EQ(slurp(root / "straight" / "loss.csv").substr(0, 40), slurp(root / "stopped" / "loss.csv").substr(0, 40));
+  EXPECT_TRUE(fs::exists(root / "stopped" / "loss.png"));
+}
+
+TEST(SftErrors, BadInputsAreNamed) {
+  const uint64_t seed = kt::test_seed();
+  const fs::path root = scratch("errors");
+  LetterTask task = make_letter_task(seed, 20, 1);
+  const fs::path base = make_base_model(root, task, seed);
+  {
+    std::ofstream bad(root / "bad.jsonl");
+    bad << R"({"instruction": "a", "output": "b"})" << "\n" << R"({"instruction": "a", "outp)" << "\n";
+  }
+  train::SftConfig c;
+  c.model = base.string();
+  c.data = (root / "bad.jsonl").string();
+  c.out = (root / "run").string();
+  c.chat_template = "plain";
+  c.max_length = 64;
+  try {
+    train::SftTrainer trainer(c, {.progress = false});
+    FAIL() << "a malformed JSONL line was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("bad.jsonl:2"), std::string::npos) << e.what();
+  }
+  write_alpaca_jsonl(root / "train.jsonl", task.train);
+  c.data = (root / "train.jsonl").string();
+  c.max_length = 100000;
+  EXPECT_THROW(train::SftTrainer(c, {.progress = false}), Error);  // beyond the model's context
+  c.max_length = 64;
+  c.lora_targets = "c_attn";
+  c.lora_r = 4;
+  try {
+    train::SftTrainer trainer(c, {.progress = false});
+    FAIL() << "a LoRA target that names no layer of a LLaMA was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("c_attn"), std::string::npos) << e.what();
+  }
+}
+
+// A learning rate that overflows the weights makes the loss non-finite at the second step: the run
+// stops with a message naming the last good checkpoint (step 1), which stays, and writes no model.
+TEST(SftErrors, NonFiniteLossStopsAndKeepsTheCheckpoint) {
+  const uint64_t seed = kt::test_seed();
+  const fs::path root = scratch("nan");
+  LetterTask task = make_letter_task(seed, 100, 1);
+  const fs::path base = make_base_model(root, task, seed);
+  write_alpaca_jsonl(root / "train.jsonl", task.train);
+  train::SftConfig c;
+  c.model = base.string();
+  c.data = (root / "train.jsonl").string();
+  c.out = (root / "run").string();
+  c.chat_template = "plain";
+  c.max_length = 64;
+  c.batch = 8;
+  c.steps = 20;
+  c.checkpoint_every = 1;
+  c.lr = 1e30;  // AdamW moves every weight by about lr: squares overflow f32
+  c.clip = 0;
+  try {
+    train::SftTrainer(c, {.progress = false}).run();
+    FAIL() << "a run whose loss became non-finite did not stop";
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("stopped"), std::string::npos) << what;
+    EXPECT_NE(what.find("last good checkpoint (step 1)"), std::string::npos) << what;
+  }
+  EXPECT_TRUE(fs::exists(root / "run" / "checkpoint" / "trainer_state.json"));
+  EXPECT_EQ(json::parse(slurp(root / "run" / "checkpoint" / "trainer_state.json"))["step"].get<int64_t>(), 1);
+  EXPECT_FALSE(fs::exists(root / "run" / "model"));
+}
+
+}  // namespace
