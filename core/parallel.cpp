@@ -2,6 +2,9 @@
 #include "core/parallel.h"
 
 #include <omp.h>
+#include <unistd.h>
+
+#include <cstdlib>
 
 extern "C" void openblas_set_num_threads(int);
 
@@ -14,5 +17,11 @@ void set_num_threads(int threads) {
 }
 
 int num_threads() { return omp_get_max_threads(); }
+
+void prefer_passive_openmp_threads(char** argv) {
+  if (std::getenv("OMP_WAIT_POLICY") != nullptr) return;
+  ::setenv("OMP_WAIT_POLICY", "passive", 1);
+  ::execv("/proc/self/exe", argv);
+}
 
 }  // namespace kotoba

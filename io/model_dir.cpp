@@ -201,7 +201,10 @@ LoadedModel load_model_dir(const std::string& dir) {
   out.dir = dir;
   out.tokenizer_path = fs::is_regular_file(tok_path) ? tok_path : spm_path;
   out.config = read_json_file(config_path);
-  out.model = build_model(out.config, config_path);
+  {
+    nn::SkipInitialisation skip;  // load_hf_tensors below fills every parameter or fails
+    out.model = build_model(out.config, config_path);
+  }
   const int64_t tokens = fs::is_regular_file(tok_path) ? tokenizer_json_vocab_size(tok_path)
                                                        : tokenizer::Tokenizer::load(spm_path).vocab_size();
   KOTOBA_CHECK(tokens <= out.model->vocab_size(), out.tokenizer_path, " has ", tokens, " tokens but ", config_path,
