@@ -3,6 +3,7 @@
 
 #include <cmath>
 
+#include "io/safetensors.h"
 #include "ops/backend.h"
 
 namespace kotoba::train {
@@ -63,6 +64,33 @@ float clip_grad_norm(const std::vector<Tensor>& params, float max_norm) {
     }
   }
   return norm;
+}
+
+void save_adamw_moments(AdamW& optimizer, const std::string& path) {
+  std::map<std::string, Tensor> moments;
+  for (auto& slot : optimizer.slots()) {
+    moments["exp_avg." + slot.name] = slot.m;
+    moments["exp_avg_sq." + slot.name] = slot.v;
+  }
+  save_safetensors(path, moments);
+}
+
+void restore_checkpoint_tensor(const std::map<std::string, Tensor>& tensors, const std::string& path,
+                               const std::string& name, const Tensor& into) {
+  auto it = tensors.find(name);
+  KOTOBA_CHECK(it != tensors.end(), path, ": tensor '", name, "' is missing");
+  KOTOBA_CHECK(it->second.shape() == into.shape() && it->second.dtype() == DType::f32, path, ": tensor '", name,
+               "' is ", dtype_name(it->second.dtype()), " ", shape_str(it->second.shape()), ", expected f32 ",
+               shape_str(into.shape()));
+  into.detach().copy_from(it->second);
+}
+
+void load_adamw_moments(AdamW& optimizer, const std::string& path) {
+  SafeTensors moments = load_safetensors(path);
+  for (auto& slot : optimizer.slots()) {
+    restore_checkpoint_tensor(moments.tensors, path, "exp_avg." + slot.name, slot.m);
+    restore_checkpoint_tensor(moments.tensors, path, "exp_avg_sq." + slot.name, slot.v);
+  }
 }
 
 }  // namespace kotoba::train

@@ -1,6 +1,7 @@
 // AdamW (decoupled weight decay, as torch.optim.AdamW) over a model's named parameters, one
 // fused kernel per parameter; and global-norm gradient clipping.
 #pragma once
+#include <map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -45,6 +46,15 @@ class AdamW {
   std::vector<Slot> slots_;
   int64_t step_ = 0;
 };
+
+// Checkpoints: the moments of every slot as tensors "exp_avg.<name>" and "exp_avg_sq.<name>" of
+// one safetensors file, and back (the step count is the caller's to keep).
+void save_adamw_moments(AdamW& optimizer, const std::string& path);
+void load_adamw_moments(AdamW& optimizer, const std::string& path);
+// Copies tensor `name` of the safetensors file `path` into `into`: it must be f32 of into's shape;
+// an Error naming the file and the tensor otherwise.
+void restore_checkpoint_tensor(const std::map<std::string, Tensor>& tensors, const std::string& path,
+                               const std::string& name, const Tensor& into);
 
 // The L2 norm of all gradients together (parameters without a gradient count as zero).
 float global_grad_norm(const std::vector<Tensor>& params);

@@ -454,14 +454,10 @@ void SftTrainer::save_checkpoint() {
   State& s = *state_;
   const std::string target = checkpoint_dir(config_.out);
   write_directory_atomically(target, [&](const std::string& tmp) {
-    std::map<std::string, Tensor> weights, moments;
-    for (auto& slot : s.optimizer->slots()) {
-      weights[slot.name] = slot.param.detach();
-      moments["exp_avg." + slot.name] = slot.m;
-      moments["exp_avg_sq." + slot.name] = slot.v;
-    }
+    std::map<std::string, Tensor> weights;
+    for (auto& slot : s.optimizer->slots()) weights[slot.name] = slot.param.detach();
     save_safetensors((fs::path(tmp) / "trainable.safetensors").string(), weights, {{"format", "pt"}});
-    save_safetensors((fs::path(tmp) / "optimizer.safetensors").string(), moments);
+    save_adamw_moments(*s.optimizer, (fs::path(tmp) / "optimizer.safetensors").string());
     Generator& dropout = s.loaded.model->dropout_generator();
     // Each adapter draws its own dropout masks; their counters are part of the state.
     json lora_generators = json::object();
@@ -516,21 +512,9 @@ void SftTrainer::resume() {
   KOTOBA_CHECK(step >= 0 && step <= total_steps_, state_path, ": step ", step, " is beyond the run's ", total_steps_,
                " steps");
   const std::string weights_path = (fs::path(dir) / "trainable.safetensors").string();
-  const std::string moments_path = (fs::path(dir) / "optimizer.safetensors").string();
-  SafeTensors weights = load_safetensors(weights_path), moments = load_safetensors(moments_path);
-  auto take = [](const SafeTensors& file, const std::string& path, const std::string& name, const Tensor& into) {
-    auto it = file.tensors.find(name);
-    KOTOBA_CHECK(it != file.tensors.end(), path, ": tensor '", name, "' is missing");
-    KOTOBA_CHECK(it->second.shape() == into.shape() && it->second.dtype() == DType::f32, path, ": tensor '", name,
-                 "' is ", dtype_name(it->second.dtype()), " ", shape_str(it->second.shape()), ", expected f32 ",
-                 shape_str(into.shape()));
-    into.detach().copy_from(it->second);
-  };
-  for (auto& slot : s.optimizer->slots()) {
-    take(weights, weights_path, slot.name, slot.param);
-    take(moments, moments_path, "exp_avg." + slot.name, slot.m);
-    take(moments, moments_path, "exp_avg_sq." + slot.name, slot.v);
-  }
+  SafeTensors weights = load_safetensors(weights_path);
+  for (auto& slot : s.optimizer->slots()) restore_checkpoint_tensor(weights.tensors, weights_path, slot.name, slot.param);
+  load_adamw_moments(*s.optimizer, (fs::path(dir) / "optimizer.safetensors").string());
   s.optimizer->set_step_count(field("adamw_step").get<int64_t>());
   auto gen = state.find("dropout_generator");
   KOTOBA_CHECK(gen != state.end() && gen->is_object() && (*gen)["seed"].is_number() && (*gen)["offset"].is_number(),

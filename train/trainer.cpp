@@ -326,14 +326,10 @@ void Pretrainer::save_checkpoint() {
   fs::remove_all(tmp, ec);
   fs::create_directories(tmp);
   try {
-    std::map<std::string, Tensor> weights, moments;
+    std::map<std::string, Tensor> weights;
     for (auto& [name, p] : module().named_parameters()) weights[name] = p.detach();
-    for (auto& slot : optimizer_->slots()) {
-      moments["exp_avg." + slot.name] = slot.m;
-      moments["exp_avg_sq." + slot.name] = slot.v;
-    }
     save_safetensors((fs::path(tmp) / "model.safetensors").string(), weights, {{"format", "pt"}});
-    save_safetensors((fs::path(tmp) / "optimizer.safetensors").string(), moments);
+    save_adamw_moments(*optimizer_, (fs::path(tmp) / "optimizer.safetensors").string());
     Generator& dropout = dropout_generator();
     json state{{"format", kStateFormat},
                {"version", kStateVersion},
@@ -375,24 +371,10 @@ void Pretrainer::resume() {
   int64_t step = state_field<int64_t>(state, "step", state_path);
   KOTOBA_CHECK(step >= 0 && step <= config_.steps, state_path, ": step ", step, " is beyond --steps ", config_.steps);
 
-  std::string weights_path = (fs::path(dir) / "model.safetensors").string();
-  std::string moments_path = (fs::path(dir) / "optimizer.safetensors").string();
+  const std::string weights_path = (fs::path(dir) / "model.safetensors").string();
   SafeTensors weights = load_safetensors(weights_path);
-  SafeTensors moments = load_safetensors(moments_path);
-  auto take = [](const SafeTensors& file, const std::string& path, const std::string& name, const Tensor& into) {
-    auto it = file.tensors.find(name);
-    KOTOBA_CHECK(it != file.tensors.end(), path, ": tensor '", name, "' is missing");
-    KOTOBA_CHECK(it->second.shape() == into.shape() && it->second.dtype() == DType::f32, path, ": tensor '", name,
-                 "' is ", dtype_name(it->second.dtype()), " ", shape_str(it->second.shape()), ", expected f32 ",
-                 shape_str(into.shape()));
-    Tensor dst = into.detach();
-    dst.copy_from(it->second);
-  };
-  for (auto& [name, p] : module().named_parameters()) take(weights, weights_path, name, p);
-  for (auto& slot : optimizer_->slots()) {
-    take(moments, moments_path, "exp_avg." + slot.name, slot.m);
-    take(moments, moments_path, "exp_avg_sq." + slot.name, slot.v);
-  }
+  for (auto& [name, p] : module().named_parameters()) restore_checkpoint_tensor(weights.tensors, weights_path, name, p);
+  load_adamw_moments(*optimizer_, (fs::path(dir) / "optimizer.safetensors").string());
   optimizer_->set_step_count(state_field<int64_t>(state, "adamw_step", state_path));
   auto gen = state.find("dropout_generator");
   KOTOBA_CHECK(gen != state.end() && gen->is_object(), state_path, ": key 'dropout_generator' is missing");
