@@ -272,7 +272,7 @@ TEST(SftTask, FullFineTuningFollowsHeldOutInstructions) {
   c.max_length = 64;
   c.pack = 1;
   c.batch = 16;  // packed rows of 64 tokens: about 32 examples
-  c.steps = 2000;
+  c.steps = 3000;
   c.lr = 5e-3;
   c.warmup = 50;
   c.min_lr = 1e-4;
