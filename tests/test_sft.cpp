@@ -231,8 +231,6 @@ double exact_match(nn::CausalLM& model, const tokenizer::Tokenizer& tok, const c
       if (text.size() >= stop.size() && text.compare(text.size() - stop.size(), stop.size(), stop) == 0)
         text.resize(text.size() - stop.size());
     right += chat::python_strip(text) == task.expected[i];
-    if (i < 3 && std::getenv("KOTOBA_SFT_DEBUG"))
-      std::printf("prompt %s\n -> [%s] want [%s]\n", tok.decode(prompts[i]).c_str(), text.c_str(), task.expected[i].c_str());
   }
   return double(right) / double(results.size());
 }

@@ -126,11 +126,7 @@ double sft_learning_rate(const SftConfig& c, double lr, int64_t step, int64_t to
 
 // ---- batches ----
 
-namespace {
-
-// Right padding needs no attention mask: under causal attention no real token sees a later pad,
-// and pads predict nothing (target -100).
-SftBatch padded_batch(std::span<const data::PackingExample* const> examples, int32_t pad_id) {
+SftBatch make_sft_batch(std::span<const data::PackingExample* const> examples, int32_t pad_id) {
   size_t longest = 0;
   for (const auto* e : examples) longest = std::max(longest, e->ids.size());
   const int64_t B = int64_t(examples.size()), T = int64_t(longest);
@@ -150,6 +146,8 @@ SftBatch padded_batch(std::span<const data::PackingExample* const> examples, int
   batch.targets = Tensor::from_vector_i32(targets, {B, T});
   return batch;
 }
+
+namespace {
 
 int64_t count_targets(const Tensor& targets) {
   const int32_t* p = targets.data<int32_t>();
@@ -178,9 +176,6 @@ constexpr int kStateVersion = 1;
 
 }  // namespace
 
-SftBatch make_sft_batch(std::span<const data::PackingExample* const> examples, int32_t pad_id) {
-  return padded_batch(examples, pad_id);
-}
 
 void save_finetuned_model_dir(const std::string& dir, const nn::CausalLM& model, const tokenizer::Tokenizer& tokenizer,
                               const GenerationConfig& generation, const chat::ChatTemplate& chat_template,
@@ -425,7 +420,7 @@ SftBatch SftTrainer::next_train_batch() {
   }
   std::vector<const data::PackingExample*> picked;
   for (int64_t i = begin; i < end; ++i) picked.push_back(&s.train[s.order[size_t(i)]]);
-  return padded_batch(picked, s.pad_id);
+  return make_sft_batch(picked, s.pad_id);
 }
 
 double SftTrainer::validation_loss() {
@@ -439,7 +434,7 @@ double SftTrainer::validation_loss() {
   for (size_t begin = 0; begin < s.val.size(); begin += size_t(config_.batch)) {
     std::vector<const data::PackingExample*> picked;
     for (size_t i = begin; i < std::min(s.val.size(), begin + size_t(config_.batch)); ++i) picked.push_back(&s.val[i]);
-    SftBatch b = padded_batch(picked, s.pad_id);
+    SftBatch b = make_sft_batch(picked, s.pad_id);
     if (b.target_tokens == 0) continue;
     weighted += double(model.loss(b.ids, b.targets).to_vector()[0]) * double(b.target_tokens);
     tokens += b.target_tokens;
