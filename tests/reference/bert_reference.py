@@ -58,6 +58,7 @@ def make(out_dir):
     with open(os.path.join(model_dir, "tokenizer.json"), encoding="utf-8") as f:
         saved = json.load(f)
     vocab = 1 + max([*saved["model"]["vocab"].values(), *(t["id"] for t in saved.get("added_tokens", []))])
+    vocab += 8  # spare rows, as padded HF vocabularies have: kotoba may count one token more than HF
 
     config = transformers.BertConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                      intermediate_size=48, max_position_embeddings=24, type_vocab_size=2,
