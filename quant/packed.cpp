@@ -67,7 +67,7 @@ void PackedWeight::dequantize_rows(int64_t begin, int64_t end, float* out) const
   }
 }
 
-PackedWeight pack_weight(const float* w, int64_t rows, int64_t cols, WeightFormat format) {
+PackedWeight PackedWeight::layout(WeightFormat format, int64_t rows, int64_t cols) {
   KOTOBA_CHECK(rows > 0, "quantise: a weight matrix needs rows, got ", rows);
   const int64_t block = weight_format_block(format);
   KOTOBA_CHECK(packable(format, cols), "quantise: a matrix with ", cols, " columns cannot be held as ",
@@ -78,7 +78,15 @@ PackedWeight pack_weight(const float* w, int64_t rows, int64_t cols, WeightForma
   p.cols = cols;
   p.bits = weight_format_bits(format);
   p.blocksize = block ? block : cols;
-  const int64_t n = rows * cols;
+  if (format == WeightFormat::nf4) p.table = nf4_code();
+  if (format == WeightFormat::q4_0)
+    for (int i = 0; i < 16; ++i) p.table[size_t(i)] = float(i - 8);
+  return p;
+}
+
+PackedWeight pack_weight(const float* w, int64_t rows, int64_t cols, WeightFormat format) {
+  PackedWeight p = PackedWeight::layout(format, rows, cols);
+  const int64_t n = rows * cols, block = p.blocksize;
   switch (format) {
     case WeightFormat::int8: {
       Int8Rows q = quantize_int8_rows(w, rows, cols);
@@ -102,13 +110,11 @@ PackedWeight pack_weight(const float* w, int64_t rows, int64_t cols, WeightForma
         p.scales[size_t(b)] = f16_to_f32(d);
         std::memcpy(p.codes.data() + b * payload, bytes.data() + b * block_bytes + 2, size_t(payload));
       }
-      for (int i = 0; i < 16; ++i) p.table[size_t(i)] = float(i - 8);
       break;
     }
     case WeightFormat::nf4: {
       Nf4 q = quantize_nf4(w, n);
       p.scales = q.block_scales();
-      p.table = nf4_code();
       // bitsandbytes' order (element 2i high nibble, 2i + 1 low) into the half-block order.
       p.codes.assign(size_t(n / 2), 0);
       const int64_t half = block / 2;

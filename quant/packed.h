@@ -36,6 +36,8 @@ struct PackedWeight {
   std::vector<float> scales;     // rows * cols / blocksize
   std::array<float, 16> table{};  // 4-bit: code -> value before scaling
 
+  // Everything but the codes and scales, for a rows x cols matrix in `format` (checks packable).
+  static PackedWeight layout(WeightFormat format, int64_t rows, int64_t cols);
   int64_t row_bytes() const { return bits == 8 ? cols : cols / 2; }
   size_t bytes() const { return codes.size() + scales.size() * sizeof(float); }
   // Rows [begin, end) as f32, row-major (end - begin) x cols.
