@@ -21,6 +21,7 @@
 #include "data/instruct_data.h"
 #include "data/packing.h"
 #include "io/peft.h"
+#include "io/quantized_model.h"
 #include "io/safetensors.h"
 #include "nn/lora.h"
 #include "ops/ops.h"
@@ -64,6 +65,8 @@ std::span<const ConfigField<SftConfig>> sft_config_fields() {
       {"lora_targets", &C::lora_targets,
        "layers to adapt: names (c_attn or q_proj,v_proj), a regex, or all-linear (empty: PEFT's default)", true},
       {"merge", &C::merge, "LoRA: also write OUT/model with the adapter merged in", false},
+      {"quantize", &C::quantize, "QLoRA: hold the frozen base quantised (nf4, int8, q8_0 or q4_0; empty: as loaded)",
+       true},
       {"eval_every", &C::eval_every, "steps between validation passes (0: each epoch's end)", false},
       {"checkpoint_every", &C::checkpoint_every, "steps between checkpoints (0: none)", false},
       {"log_every", &C::log_every, "steps between loss.csv rows", false},
@@ -107,8 +110,12 @@ void validate_sft_config(const SftConfig& c) {
   KOTOBA_CHECK(c.lora_alpha > 0, "sft config: 'lora_alpha' must be positive, got ", c.lora_alpha);
   KOTOBA_CHECK(c.lora_dropout >= 0 && c.lora_dropout < 1, "sft config: 'lora_dropout' must be in [0, 1), got ",
                c.lora_dropout);
-  KOTOBA_CHECK(c.lora_r > 0 || (c.lora_targets.empty() && c.merge == 0),
-               "sft config: 'lora_targets' and 'merge' apply with LoRA (set 'lora_r')");
+  KOTOBA_CHECK(c.lora_r > 0 || (c.lora_targets.empty() && c.merge == 0 && c.quantize.empty()),
+               "sft config: 'lora_targets', 'merge' and 'quantize' apply with LoRA (set 'lora_r')");
+  if (!c.quantize.empty()) quant::parse_weight_format(c.quantize);  // names the formats when unknown
+  KOTOBA_CHECK(c.quantize.empty() || c.merge == 0,
+               "sft config: 'merge' cannot merge into a quantised base; merge the adapter into the f32 base with "
+               "kotoba lora merge BASE OUT/adapter MERGED");
   non_negative(double(c.eval_every), "eval_every");
   non_negative(double(c.checkpoint_every), "checkpoint_every");
   non_negative(double(c.seed), "seed");
@@ -349,8 +356,19 @@ SftTrainer::SftTrainer(SftConfig config, SftOptions options)
       KOTOBA_CHECK(id < s.loaded.model->vocab_size(), "sft: token id ", id, " is outside the model's vocabulary (",
                    s.loaded.model->vocab_size(), ")");
 
-  // Model: LoRA or full.
+  // Model: LoRA (on a quantised base: QLoRA) or full.
   nn::CausalLM& model = *s.loaded.model;
+  if (!config_.quantize.empty()) {
+    const QuantizeReport q = quantize_model(model, quant::parse_weight_format(config_.quantize));
+    if (options_.log)
+      options_.log(detail::concat("QLoRA: ", q.quantized.size(), " Linear layers held as ", config_.quantize,
+                                  ", weights ", q.bytes_before / 1000000, " MB -> ", q.bytes_after / 1000000, " MB"));
+  }
+  for (auto& [name, m] : model.named_modules()) {
+    const auto* linear = dynamic_cast<const nn::Linear*>(m);
+    KOTOBA_CHECK(config_.lora_r > 0 || !linear || !linear->quantized(), "sft: ", config_.model, " holds layer '", name,
+                 "' quantised; full fine-tuning needs f32 weights (train LoRA adapters on it: set lora_r)");
+  }
   if (config_.lora_r > 0) {
     s.lora = lora_config_of(config_, model.model_type());
     nn::apply_lora(model, *s.lora, mix64(uint64_t(config_.seed) ^ 0x10a1a17ull));

@@ -63,6 +63,7 @@ struct SftConfig {
   double lora_dropout = 0.05;
   std::string lora_targets = {};  // module names ("c_attn", "q_proj,v_proj"), a regex, or all-linear; empty: PEFT's default for the architecture
   int64_t merge = 0;              // LoRA: also write OUT/model with the adapter merged into the base
+  std::string quantize = {};      // QLoRA: hold the frozen base as nf4 (or int8, q8_0, q4_0) under the adapters
 
   // Evaluation, checkpoints, logging.
   int64_t eval_every = 0;          // steps between validation passes; 0: at the end of each epoch and of the run
