@@ -197,6 +197,8 @@ int cmd_score(const cli::Args& args) {
       for (size_t i = begin; i < end; ++i) {
         std::copy(sequences[i].begin(), sequences[i].end(), ids.begin() + ptrdiff_t((i - begin) * longest));
         lengths.push_back(int64_t(sequences[i].size()));
+        // Read where transformers reads: the last token that is not the pad token.
+        while (lengths.back() > 1 && sequences[i][size_t(lengths.back() - 1)] == pad) --lengths.back();
       }
       Tensor ids_t = Tensor::from_vector_i32(ids, {int64_t(end - begin), int64_t(longest)});
       for (float r : model.rewards(ids_t, lengths).to_vector()) scores.push_back(r);

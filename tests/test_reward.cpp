@@ -99,6 +99,19 @@ TEST(RewardLoss, PairwiseLossAndGradientByHand) {
   EXPECT_NEAR(train::pairwise_reward_loss(far).loss, 1000.0, 1e-9);
 }
 
+// Rows are [chosen..., rejected...], right-padded; a reply ending with the pad token (an EOS
+// serving as pad) is read at the token before it, as transformers reads it.
+TEST(RewardLoss, BatchLayoutAndReadPosition) {
+  const std::vector<int32_t> c0 = {5, 6, 7}, c1 = {5, 9, 2}, r0 = {5, 6, 8, 8, 1}, r1 = {5, 4};
+  const std::vector<const std::vector<int32_t>*> chosen = {&c0, &c1}, rejected = {&r0, &r1};
+  train::RewardBatch b = train::make_reward_batch(chosen, rejected, /*pad_id=*/2);
+  EXPECT_EQ(b.pairs, 2);
+  EXPECT_EQ(b.ids.shape(), (Shape{4, 5}));
+  EXPECT_EQ(b.lengths, (std::vector<int64_t>{3, 2, 5, 2}));
+  const std::vector<int32_t> want = {5, 6, 7, 2, 2, 5, 9, 2, 2, 2, 5, 6, 8, 8, 1, 5, 4, 2, 2, 2};
+  EXPECT_EQ(std::vector<int32_t>(b.ids.data<int32_t>(), b.ids.data<int32_t>() + 20), want);
+}
+
 // ---- against transformers ----
 
 class RewardReference : public ::testing::TestWithParam<const char*> {};
@@ -475,6 +488,13 @@ TEST(RewardErrors, BadInputsAreNamed) {
             0)
       << output;
   EXPECT_NE(output.find("accuracy"), std::string::npos) << output;
+  // A reward model trains on: the directory is read as one (its score head kept).
+  ASSERT_EQ(cli_run("reward --model '" + rm + "' --data '" + (root / "train.jsonl").string() + "' --out '" +
+                        (root / "cli_run2").string() + "' --steps 1 --batch 4 --quiet",
+                    output),
+            0)
+      << output;
+  EXPECT_TRUE(is_reward_model_dir((root / "cli_run2" / "model").string()));
   EXPECT_TRUE(json::parse(slurp(root / "scores.jsonl").substr(0, slurp(root / "scores.jsonl").find('\n')))
                   .contains("chosen_score"));
   // Bad inputs: named, non-zero exit, no output file.

@@ -164,9 +164,13 @@ RewardBatch make_reward_batch(std::span<const std::vector<int32_t>* const> chose
   batch.pairs = int64_t(chosen.size());
   for (int64_t b = 0; b < B; ++b) {
     const auto& r = *rows[size_t(b)];
-    KOTOBA_CHECK(!r.empty(), "make_reward_batch: sequence ", b, " is empty");
+    // The reward is read where transformers reads it: at the last token that is not the pad
+    // token (a reply that ends with an EOS serving as pad is scored at the token before it).
+    int64_t n = int64_t(r.size());
+    while (n > 0 && r[size_t(n - 1)] == pad_id) --n;
+    KOTOBA_CHECK(n > 0, "make_reward_batch: sequence ", b, " is empty or padding (id ", pad_id, ") only");
     std::copy(r.begin(), r.end(), ids.begin() + b * T);
-    batch.lengths.push_back(int64_t(r.size()));
+    batch.lengths.push_back(n);
   }
   batch.ids = Tensor::from_vector_i32(ids, {B, T});
   return batch;

@@ -82,9 +82,11 @@ struct PairwiseLoss {
 PairwiseLoss pairwise_reward_loss(std::span<const float> rewards, double center_rewards_coefficient = 0,
                                   std::span<const double> margins = {});
 
-// One sequence of a pair: ids of prompt + reply as the chat template renders them.
+// The rows of P pairs, [P chosen, P rejected] (prompt + reply as the chat template renders them),
+// right-padded with pad_id. lengths[b] is where the reward is read (+ 1): the last token of the row
+// that is not pad_id, as transformers' sequence classifiers find it.
 struct RewardBatch {
-  Tensor ids;                    // (2P, T) i32, right-padded
+  Tensor ids;                    // (2P, T) i32
   std::vector<int64_t> lengths;  // (2P)
   int64_t pairs = 0;
 };
