@@ -30,7 +30,8 @@ int usage() {
                "  is the score of the last token, the loss -log sigmoid(r_chosen - r_rejected). Validation\n"
                "  reports the held-out accuracy (pairs ranked right) and mean margin. Writes OUT/model (opens\n"
                "  in transformers as AutoModelForSequenceClassification), OUT/loss.csv, OUT/loss.png and\n"
-               "  OUT/checkpoint (--resume continues it exactly).\n"
+               "  OUT/checkpoint (--resume continues it exactly). With --lora-r the backbone stays frozen and\n"
+               "  OUT/adapter is PEFT's SEQ_CLS adapter (score head included); OUT/model has it merged.\n"
                "  --json prints the final metrics as one JSON line, last on stdout.\n\nfields:\n";
   cli::print_config_flags(train::reward_config_fields());
   return 0;
@@ -86,6 +87,7 @@ int cmd_reward(const cli::Args& args) {
                      {"truncated_sequences", r.truncated_sequences},
                      {"dropped_pairs", r.dropped_pairs},
                      {"model_dir", r.model_dir},
+                     {"adapter_dir", r.adapter_dir},
                      {"out", config.out}};
     std::cout << j.dump() << std::endl;
   }

@@ -8,6 +8,7 @@
 #include "core/atomic_file.h"
 #include "io/hf_config.h"
 #include "io/json_util.h"
+#include "io/peft.h"
 #include "io/safetensors.h"
 #include "nn/llama.h"
 #include "tokenizer/tokenizer.h"
@@ -52,6 +53,26 @@ void save_reward_model_dir(const std::string& dir, const nn::RewardModel& model,
     write_file_atomically((fs::path(tmp) / "config.json").string(), reward_model_config_to_json(model).dump(2) + "\n");
     if (tokenizer_config.is_object())
       write_file_atomically((fs::path(tmp) / "tokenizer_config.json").string(), tokenizer_config.dump(2) + "\n");
+  });
+}
+
+void save_reward_peft_adapter(const std::string& dir, const nn::RewardModel& model, const nn::LoraConfig& config,
+                              const std::string& base_model_name_or_path) {
+  write_directory_atomically(dir, [&](const std::string& tmp) {
+    // The backbone's adapters as for a causal LM, then the classifier's additions.
+    const fs::path lora = fs::path(tmp) / "lora";
+    save_peft_adapter(lora.string(), model.backbone(), config, base_model_name_or_path);
+    SafeTensors adapters = load_safetensors((lora / "adapter_model.safetensors").string());
+    std::map<std::string, Tensor> tensors = adapters.tensors;
+    Tensor score = model.score.weight.detach();
+    if (score.device() != Device::cpu) score = to_device(score, Device::cpu);
+    tensors["base_model.model.score.weight"] = score.contiguous();
+    json adapter_config = read_json_file((lora / "adapter_config.json").string());
+    adapter_config["task_type"] = "SEQ_CLS";
+    adapter_config["modules_to_save"] = json::array({"classifier", "score"});
+    save_safetensors((fs::path(tmp) / "adapter_model.safetensors").string(), tensors, {{"format", "pt"}});
+    write_file_atomically((fs::path(tmp) / "adapter_config.json").string(), adapter_config.dump(2) + "\n");
+    fs::remove_all(lora);
   });
 }
 

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "io/model_dir.h"
+#include "nn/lora.h"
 #include "nn/reward_model.h"
 
 namespace kotoba {
@@ -43,6 +44,13 @@ LoadedRewardModel load_reward_model_dir(const std::string& dir);
 // tokenizer's pad token, else its EOS.
 std::unique_ptr<nn::RewardModel> reward_model_from_causal_lm(LoadedModel loaded, std::optional<int64_t> pad_token_id,
                                                              uint64_t seed);
+
+// Writes `dir` atomically as PEFT's save_pretrained does for task_type SEQ_CLS: the backbone's
+// LoRA adapters (as save_peft_adapter writes them) and the score head in full
+// (base_model.model.score.weight; modules_to_save ["classifier", "score"]), so that
+// PeftModel.from_pretrained on AutoModelForSequenceClassification of the base gives the rewards.
+void save_reward_peft_adapter(const std::string& dir, const nn::RewardModel& model, const nn::LoraConfig& config,
+                              const std::string& base_model_name_or_path = "");
 
 // True when config.json at `dir` names a ...ForSequenceClassification architecture.
 bool is_reward_model_dir(const std::string& dir);

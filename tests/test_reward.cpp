@@ -357,11 +357,92 @@ TEST(RewardTask, LearnsAHiddenPreferenceRule) {
   EXPECT_TRUE(fs::exists(root / "run" / "loss.csv") && fs::exists(root / "run" / "loss.png"));
 }
 
+// LoRA on the same task: the backbone frozen and adapted, the score head trained in full. The PEFT
+// adapter written (task_type SEQ_CLS, the head in it) put on the base by PEFT gives the rewards of
+// the merged model kotoba writes.
+TEST(RewardTask, LoraAdaptersLearnAndLoadInPeft) {
+  const uint64_t seed = kt::test_seed();
+  const fs::path root = scratch("lora");
+  RulePairs pairs = make_rule_pairs(seed, 1200, 250);
+  std::vector<json> all = pairs.train;
+  all.insert(all.end(), pairs.test.begin(), pairs.test.end());
+  const fs::path base = make_base_model(root, all, seed);
+  write_jsonl(root / "train.jsonl", pairs.train);
+  write_jsonl(root / "test.jsonl", pairs.test);
+  train::RewardConfig c;
+  c.model = base.string();
+  c.data = (root / "train.jsonl").string();
+  c.val_data = (root / "test.jsonl").string();
+  c.chat_template = "plain";
+  c.out = (root / "run").string();
+  c.max_length = 64;
+  c.batch = 16;
+  c.steps = 300;
+  c.lr = 5e-3;
+  c.warmup = 20;
+  c.checkpoint_every = 0;
+  c.lora_r = 8;
+  c.lora_alpha = 16;
+  c.lora_dropout = 0;
+  c.lora_targets = "all-linear";
+  c.seed = int64_t(seed % 100000);
+  train::RewardTrainer trainer(c, {.progress = false});
+  train::RewardResult result = trainer.run();
+  std::printf("hidden rule, LoRA: held-out accuracy %.1f%% after %lld steps (val loss %.4f)\n",
+              100 * result.val.accuracy, (long long)result.step, result.val.loss);
+  EXPECT_GE(result.val.accuracy, 0.9);
+  ASSERT_TRUE(fs::exists(fs::path(result.adapter_dir) / "adapter_model.safetensors"));
+  const json adapter_config = json::parse(slurp(fs::path(result.adapter_dir) / "adapter_config.json"));
+  EXPECT_EQ(adapter_config["task_type"], "SEQ_CLS");
+
+  LoadedRewardModel merged = load_reward_model_dir(result.model_dir);
+  merged.model->set_training(false);
+  const int64_t pad = *merged.model->pad_token_id();
+  std::vector<std::vector<int32_t>> rows;
+  Generator gen(seed + 3);
+  for (int i = 0; i < 4; ++i) {
+    std::vector<int32_t> row;
+    for (int t = 0; t < 5 + 3 * i; ++t) {
+      int32_t id = int32_t(gen.uniform() * 200.0f) + 1;
+      if (id == pad) id = int32_t(pad) + 1;
+      row.push_back(id);
+    }
+    rows.push_back(row);
+  }
+  std::vector<int32_t> flat;
+  std::vector<int64_t> lengths;
+  for (const auto& r : rows) {
+    flat.insert(flat.end(), r.begin(), r.end());
+    lengths.push_back(int64_t(r.size()));
+  }
+  NoGradGuard no_grad;
+  const std::vector<float> mine = merged.model->rewards(padded_rows(flat, lengths, int32_t(pad)), lengths).to_vector();
+  {
+    std::ofstream in(root / "rows.json");
+    in << json(rows).dump();
+  }
+  const std::string cmd = std::string("\"") + KOTOBA_PYTHON + "\" \"" + KOTOBA_SOURCE_DIR +
+                          "/tests/reference/reward_reference.py\" --peft-score \"" + base.string() + "\" \"" +
+                          result.adapter_dir + "\" " + std::to_string(pad) + " \"" + (root / "rows.json").string() +
+                          "\" \"" + (root / "peft.json").string() + "\"";
+  ASSERT_EQ(run(cmd), 0) << "failed: " << cmd;
+  const json peft = json::parse(slurp(root / "peft.json"));
+  ASSERT_EQ(peft["rewards"].size(), mine.size());
+  for (size_t i = 0; i < mine.size(); ++i) {
+    const double want = peft["rewards"][i].get<double>();
+    EXPECT_NEAR(mine[i], want, 1e-4 * std::max(1.0, std::abs(want))) << "row " << i;
+  }
+}
+
 // ---- resume, errors ----
 
-TEST(RewardTrainer, ResumedRunEqualsUninterruptedRun) {
+// Full fine-tuning, and LoRA with adapter dropout (whose mask generators are part of the state).
+class RewardResume : public ::testing::TestWithParam<bool> {};
+
+TEST_P(RewardResume, ResumedRunEqualsUninterruptedRun) {
   const uint64_t seed = kt::test_seed();
-  const fs::path root = scratch("resume");
+  const bool lora = GetParam();
+  const fs::path root = scratch(lora ? "resume_lora" : "resume");
   RulePairs pairs = make_rule_pairs(seed, 120, 20);
   std::vector<json> all = pairs.train;
   all.insert(all.end(), pairs.test.begin(), pairs.test.end());
@@ -380,6 +461,12 @@ TEST(RewardTrainer, ResumedRunEqualsUninterruptedRun) {
   c.log_every = 1;
   c.val_fraction = 0.1;
   c.eval_every = 4;
+  if (lora) {
+    c.lora_r = 4;
+    c.lora_dropout = 0.1;
+    c.lora_targets = "all-linear";
+    c.disable_dropout = 0;  // dropout on (TRL turns it off by default)
+  }
   c.out = (root / "straight").string();
   train::RewardResult straight = train::RewardTrainer(c, {.progress = false}).run();
   c.out = (root / "stopped").string();
@@ -399,7 +486,14 @@ TEST(RewardTrainer, ResumedRunEqualsUninterruptedRun) {
     EXPECT_EQ(t.to_vector(), b.tensors.at(name).to_vector()) << name;
   }
   EXPECT_EQ(slurp(root / "straight" / "loss.csv").substr(0, 60), slurp(root / "stopped" / "loss.csv").substr(0, 60));
+  if (lora) {
+    EXPECT_EQ(slurp(straight.adapter_dir + "/adapter_model.safetensors"),
+              slurp(after.adapter_dir + "/adapter_model.safetensors"));
+  }
 }
+
+INSTANTIATE_TEST_SUITE_P(Modes, RewardResume, ::testing::Values(false, true),
+                         [](const ::testing::TestParamInfo<bool>& info) { return info.param ? "lora" : "full"; });
 
 // A learning rate that overflows the weights makes the loss non-finite (or explode) at the second
 // step: the run stops naming the last good checkpoint (step 1), which stays, and writes no model.

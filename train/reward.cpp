@@ -22,6 +22,7 @@
 #include "io/model_dir.h"
 #include "io/reward_model_dir.h"
 #include "io/safetensors.h"
+#include "nn/lora.h"
 #include "nn/reward_model.h"
 #include "ops/autograd.h"
 #include "ops/ops.h"
@@ -64,6 +65,11 @@ std::span<const ConfigField<RewardConfig>> reward_config_fields() {
       {"center_rewards_coefficient", &C::center_rewards_coefficient,
        "weight of mean((r_chosen + r_rejected)^2), which keeps rewards centred on 0 (0: off)", true},
       {"disable_dropout", &C::disable_dropout, "1: train without dropout", true},
+      {"lora_r", &C::lora_r, "LoRA rank (0: full fine-tuning); the score head is trained in full", true},
+      {"lora_alpha", &C::lora_alpha, "LoRA alpha (scaling alpha / r)", true},
+      {"lora_dropout", &C::lora_dropout, "dropout on the adapters' input", true},
+      {"lora_targets", &C::lora_targets,
+       "layers to adapt: names (c_attn or q_proj,v_proj), a regex, or all-linear (empty: PEFT's default)", true},
       {"eval_every", &C::eval_every, "steps between validation passes (0: each epoch's end)", false},
       {"checkpoint_every", &C::checkpoint_every, "steps between checkpoints (0: none)", false},
       {"log_every", &C::log_every, "steps between loss.csv rows", false},
@@ -104,6 +110,11 @@ void validate_reward_config(const RewardConfig& c) {
   non_negative(c.center_rewards_coefficient, "center_rewards_coefficient");
   KOTOBA_CHECK(c.disable_dropout == 0 || c.disable_dropout == 1, "reward config: 'disable_dropout' must be 0 or 1, got ",
                c.disable_dropout);
+  non_negative(double(c.lora_r), "lora_r");
+  KOTOBA_CHECK(c.lora_alpha > 0, "reward config: 'lora_alpha' must be positive, got ", c.lora_alpha);
+  KOTOBA_CHECK(c.lora_dropout >= 0 && c.lora_dropout < 1, "reward config: 'lora_dropout' must be in [0, 1), got ",
+               c.lora_dropout);
+  KOTOBA_CHECK(c.lora_r > 0 || c.lora_targets.empty(), "reward config: 'lora_targets' applies with LoRA (set 'lora_r')");
   non_negative(double(c.eval_every), "eval_every");
   non_negative(double(c.checkpoint_every), "checkpoint_every");
   non_negative(double(c.seed), "seed");
@@ -188,6 +199,27 @@ std::vector<size_t> permutation(size_t n, uint64_t seed) {
   return order;
 }
 
+nn::LoraConfig lora_config_of(const RewardConfig& c, const std::string& model_type) {
+  nn::LoraConfig lc;
+  lc.r = c.lora_r;
+  lc.alpha = c.lora_alpha;
+  lc.dropout = c.lora_dropout;
+  std::string targets = c.lora_targets;
+  if (targets.empty()) targets = model_type == "gpt2" ? "c_attn" : "q_proj,v_proj";  // PEFT's defaults
+  if (targets == "all-linear" || targets.find_first_of("|()*+?[]\\^$") != std::string::npos) {
+    lc.target_regex = targets;
+  } else {
+    size_t start = 0;
+    while (start <= targets.size()) {
+      const size_t comma = std::min(targets.find(',', start), targets.size());
+      if (comma > start) lc.target_modules.push_back(targets.substr(start, comma - start));
+      start = comma + 1;
+    }
+    KOTOBA_CHECK(!lc.target_modules.empty(), "reward: --lora-targets '", c.lora_targets, "' names no layer");
+  }
+  return lc;
+}
+
 struct TokenPair {
   std::vector<int32_t> chosen, rejected;
 };
@@ -210,6 +242,7 @@ struct RewardTrainer::State {
   json tokenizer_config;
   std::vector<TokenPair> train, val;
   int32_t pad_id = 0;
+  std::optional<nn::LoraConfig> lora;
   std::unique_ptr<AdamW> optimizer;
   std::vector<Tensor> trainable;
   int64_t truncated = 0, dropped = 0;
@@ -301,11 +334,19 @@ RewardTrainer::RewardTrainer(RewardConfig config, RewardOptions options)
     options_.log(detail::concat("warning: ", s.truncated, " sequences were cut at max_length ", config_.max_length,
                                 s.dropped ? detail::concat("; ", s.dropped, " pairs left out (identical once cut)") : ""));
 
-  // Full fine-tuning of backbone and head.
-  model.set_requires_grad(true);
+  // Full fine-tuning of backbone and head, or LoRA on the backbone with the head trained in full.
+  if (config_.lora_r > 0) {
+    s.lora = lora_config_of(config_, model.model_type());
+    nn::apply_lora(model.backbone(), *s.lora, mix64(uint64_t(config_.seed) ^ 0x10a1a17ull));
+    model.score.set_requires_grad(true);
+  } else {
+    model.set_requires_grad(true);
+  }
   model.backbone().dropout_generator().set_state(mix64(uint64_t(config_.seed) ^ 0xd50f7ull), 0);
   model.set_training(config_.disable_dropout == 0);
-  std::vector<std::pair<std::string, Tensor>> trainable = model.named_parameters();
+  std::vector<std::pair<std::string, Tensor>> trainable;
+  for (auto& [name, p] : model.named_parameters())
+    if (p.requires_grad()) trainable.emplace_back(name, p);
   for (auto& [name, p] : trainable) s.trainable.push_back(p);
   s.optimizer = std::make_unique<AdamW>(trainable, AdamWConfig{.lr = float(config_.lr), .beta1 = float(config_.beta1),
                                                                .beta2 = float(config_.beta2), .eps = float(config_.eps),
@@ -379,6 +420,9 @@ void RewardTrainer::save_checkpoint() {
     save_adamw_moments(*s.optimizer, (fs::path(tmp) / "optimizer.safetensors").string());
     Generator& dropout = s.model->backbone().dropout_generator();
     auto number = [](double v) { return std::isfinite(v) ? json(v) : json(nullptr); };
+    json lora_generators = json::object();  // each adapter draws its own dropout masks
+    for (const auto& [name, linear] : nn::lora_layers(*s.model))
+      lora_generators[name] = {linear->lora()->dropout_gen.seed(), linear->lora()->dropout_gen.offset()};
     json state{{"format", kStateFormat},
                {"version", kStateVersion},
                {"step", s.step},
@@ -387,6 +431,7 @@ void RewardTrainer::save_checkpoint() {
                {"position", s.position},
                {"adamw_step", s.optimizer->step_count()},
                {"dropout_generator", {{"seed", dropout.seed()}, {"offset", dropout.offset()}}},
+               {"lora_dropout_generators", lora_generators},
                {"train_loss", number(s.last_train_loss)},
                {"val_loss", number(s.last_val.loss)},
                {"val_accuracy", number(s.last_val.accuracy)},
@@ -435,6 +480,13 @@ void RewardTrainer::resume() {
   KOTOBA_CHECK(gen != state.end() && gen->is_object() && (*gen)["seed"].is_number() && (*gen)["offset"].is_number(),
                state_path, ": key 'dropout_generator' is missing");
   s.model->backbone().dropout_generator().set_state((*gen)["seed"].get<uint64_t>(), (*gen)["offset"].get<uint64_t>());
+  auto lora_gens = state.find("lora_dropout_generators");
+  for (const auto& [name, linear] : nn::lora_layers(*s.model)) {
+    KOTOBA_CHECK(lora_gens != state.end() && lora_gens->contains(name) && (*lora_gens)[name].is_array() &&
+                     (*lora_gens)[name].size() == 2,
+                 state_path, ": key 'lora_dropout_generators' has no entry for adapter '", name, "'");
+    linear->lora()->dropout_gen.set_state((*lora_gens)[name][0].get<uint64_t>(), (*lora_gens)[name][1].get<uint64_t>());
+  }
   s.step = step;
   const int64_t epoch = field("epoch").get<int64_t>(), position = field("position").get<int64_t>();
   if (epoch >= 0) {
@@ -577,6 +629,13 @@ RewardResult RewardTrainer::run(int64_t stop_after_step) {
   write_plot();
   if (result.finished) {
     model.set_training(false);
+    if (s.lora) {
+      result.adapter_dir = (out / "adapter").string();
+      save_reward_peft_adapter(result.adapter_dir, model, *s.lora, c.model);
+      if (options_.log) options_.log("LoRA adapter (PEFT SEQ_CLS layout, score head included) written to " +
+                                     result.adapter_dir);
+      nn::merge_and_unload(model.backbone());
+    }
     result.model_dir = (out / "model").string();
     save_reward_model_dir(result.model_dir, model, *s.tok, s.tokenizer_config);
     if (options_.log) options_.log("reward model written to " + result.model_dir);

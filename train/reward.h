@@ -1,7 +1,8 @@
 // Reward-model training as a library: a causal-LM directory (an SFT result, say) or a reward-model
 // directory, trained on preference pairs (data/preference_data.h) rendered through a chat template,
 // with the pairwise loss -log sigmoid(r_chosen - r_rejected) (optionally TRL's reward-centring
-// term); AdamW with warm-up and cosine decay, accumulation, clipping, a validation split scored
+// term), fully or with LoRA on the backbone (the score head trained in full, saved as PEFT's
+// SEQ_CLS adapter); AdamW with warm-up and cosine decay, accumulation, clipping, a validation split scored
 // by held-out accuracy (pairs with r_chosen > r_rejected) and mean margin, atomic checkpoints that
 // resume exactly, loss.csv/loss.png, a stop on a non-finite or exploding loss, and the result as
 // a reward-model directory transformers' AutoModelForSequenceClassification opens.
@@ -57,6 +58,13 @@ struct RewardConfig {
   double center_rewards_coefficient = 0;  // > 0: adds c * mean((r_chosen + r_rejected)^2) (TRL)
   int64_t disable_dropout = 1;            // 1: train without dropout (TRL's default)
 
+  // LoRA (lora_r 0: full fine-tuning). The backbone is frozen and adapted, the score head trained
+  // in full (PEFT's task_type SEQ_CLS, the head among its modules_to_save).
+  int64_t lora_r = 0;
+  double lora_alpha = 16;
+  double lora_dropout = 0.05;
+  std::string lora_targets = {};  // as `kotoba sft`'s; empty: PEFT's default for the architecture
+
   // Evaluation, checkpoints, logging.
   int64_t eval_every = 0;          // steps between validation passes; 0: each epoch's end and the run's
   int64_t checkpoint_every = 100;  // 0: none
@@ -106,7 +114,8 @@ struct RewardResult {
   double train_loss = 0;
   RewardEval val;
   int64_t train_pairs = 0, val_pairs = 0, truncated_sequences = 0, dropped_pairs = 0;
-  std::string model_dir;  // OUT/model
+  std::string model_dir;    // OUT/model (with LoRA: the adapter merged in)
+  std::string adapter_dir;  // OUT/adapter (LoRA: PEFT's SEQ_CLS adapter, score head included)
 };
 
 struct RewardOptions {

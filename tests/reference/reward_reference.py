@@ -12,7 +12,8 @@ to kotoba's (out, in)).
 `reward_reference.py --score MODEL_DIR IN.json OUT.json` loads MODEL_DIR with
 AutoModelForSequenceClassification (float64) and writes the rewards of the id lists in IN.json
 (right-padded with the config's pad_token_id): how a test checks that transformers reads a reward
-model kotoba saved."""
+model kotoba saved. `--peft-score BASE_DIR ADAPTER_DIR PAD IN.json OUT.json` does the same for a
+PEFT SEQ_CLS adapter put on the causal-LM base."""
 import json
 import os
 import random
@@ -53,9 +54,30 @@ def score(model_dir, in_path, out_path):
     json.dump({"architecture": type(model).__name__, "rewards": rewards.tolist()}, open(out_path, "w"))
 
 
+def peft_score(base_dir, adapter_dir, pad, in_path, out_path):
+    """Rewards of PEFT's SEQ_CLS adapter on the causal-LM base, loaded as transformers does it."""
+    import peft
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(
+        base_dir, num_labels=1, pad_token_id=int(pad), torch_dtype=torch.float64)
+    model = peft.PeftModel.from_pretrained(model, adapter_dir)
+    model.eval()
+    rows = json.load(open(in_path))
+    T = max(len(r) for r in rows)
+    ids = torch.full((len(rows), T), int(pad), dtype=torch.long)
+    mask = torch.zeros((len(rows), T), dtype=torch.long)
+    for b, r in enumerate(rows):
+        ids[b, :len(r)] = torch.tensor(r)
+        mask[b, :len(r)] = 1
+    with torch.no_grad():
+        rewards = model(input_ids=ids, attention_mask=mask).logits[:, 0]
+    json.dump({"rewards": rewards.tolist()}, open(out_path, "w"))
+
+
 def main():
     if sys.argv[1] == "--score":
         return score(*sys.argv[2:5])
+    if sys.argv[1] == "--peft-score":
+        return peft_score(*sys.argv[2:7])
     out = os.path.join(sys.argv[1], "reward")
     seed = int(os.environ.get("KOTOBA_TEST_SEED", int.from_bytes(os.urandom(4), "little")))
     print(f"reward_reference: seed {seed} (set KOTOBA_TEST_SEED={seed} to reproduce)")
