@@ -20,6 +20,7 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "io/safetensors.h"
+#include "quant/formats.h"
 
 namespace kotoba {
 
@@ -515,20 +516,7 @@ void ggml_encode(GGMLType type, const float* values, int64_t count, uint8_t* out
         std::memcpy(out + 2 * i, &h.bits, 2);
       }
       return;
-    case GGMLType::q8_0:
-      for (int64_t b = 0; b < count / 32; ++b) {
-        const float* x = values + 32 * b;
-        uint8_t* block = out + 34 * b;
-        float absmax = 0;
-        for (int j = 0; j < 32; ++j) absmax = std::max(absmax, std::fabs(x[j]));
-        // ggml quantises with the f32 scale and its f32 reciprocal, and stores the scale as f16.
-        const float d = absmax / 127.0f;
-        const float inverse = d != 0.0f ? 1.0f / d : 0.0f;
-        f16 dh = f32_to_f16(d);
-        std::memcpy(block, &dh.bits, 2);
-        for (int j = 0; j < 32; ++j) block[2 + j] = uint8_t(int8_t(std::round(x[j] * inverse)));
-      }
-      return;
+    case GGMLType::q8_0: quant::quantize_q8_0(values, count, out); return;
   }
 }
 
@@ -549,15 +537,7 @@ void ggml_decode(GGMLType type, const uint8_t* bytes, int64_t count, float* out)
         out[i] = bf16_to_f32(h);
       }
       return;
-    case GGMLType::q8_0:
-      for (int64_t b = 0; b < count / 32; ++b) {
-        const uint8_t* block = bytes + 34 * b;
-        f16 dh;
-        std::memcpy(&dh.bits, block, 2);
-        const float d = f16_to_f32(dh);
-        for (int j = 0; j < 32; ++j) out[32 * b + j] = float(int8_t(block[2 + j])) * d;
-      }
-      return;
+    case GGMLType::q8_0: quant::dequantize_q8_0(bytes, count, out); return;
   }
 }
 
