@@ -333,7 +333,7 @@ TEST(RewardTask, LearnsAHiddenPreferenceRule) {
   c.out = (root / "run").string();
   c.max_length = 64;
   c.batch = 16;
-  c.steps = 300;
+  c.steps = 200;
   c.lr = 3e-3;
   c.warmup = 20;
   c.min_lr = 1e-4;
@@ -377,7 +377,7 @@ TEST(RewardTask, LoraAdaptersLearnAndLoadInPeft) {
   c.out = (root / "run").string();
   c.max_length = 64;
   c.batch = 16;
-  c.steps = 300;
+  c.steps = 200;
   c.lr = 5e-3;
   c.warmup = 20;
   c.checkpoint_every = 0;
