@@ -58,6 +58,9 @@ class CausalLM : public Module {
   // Packed rows: ids, positions, segments (B, T) i32 (see PackedBatch) -> logits (B, T, V), each
   // token's as if its example ran alone from position 0.
   virtual Tensor packed_logits(const Tensor& ids, const Tensor& positions, const Tensor& segments) = 0;
+  // ids (B, T) i32 -> the final hidden states (B, T, C) the LM head reads (after the last norm):
+  // what a sequence-classification head (nn/reward_model.h) reads instead of the logits.
+  virtual Tensor hidden_states(const Tensor& ids);
   // Mean next-token cross-entropy over the batch's targets != -100, i.e. the token-weighted mean
   // of the examples' losses. Like loss(), the logits buffer is reused for their gradient.
   Tensor packed_loss(const PackedBatch& batch);

@@ -207,12 +207,16 @@ Tensor Llama::forward_hidden(const Tensor& ids, int64_t start, KVCache* cache, c
 }
 
 Tensor Llama::logits(const Tensor& ids) {
+  return linear(hidden_states(ids), output_weight());
+}
+
+Tensor Llama::hidden_states(const Tensor& ids) {
   KOTOBA_CHECK(ids.ndim() == 2 && ids.dtype() == DType::i32, config_.model_type, ": ids must be (B, T) i32, got ",
                dtype_name(ids.dtype()), " ", shape_str(ids.shape()));
   const int64_t T = ids.size(1);
   KOTOBA_CHECK(T >= 1 && T <= config_.max_position_embeddings, config_.model_type, ": sequence length ", T,
                " is outside [1, max_position_embeddings = ", config_.max_position_embeddings, "]");
-  return linear(norm.forward(forward_hidden(ids, 0, nullptr)), output_weight());
+  return norm.forward(forward_hidden(ids, 0, nullptr));
 }
 
 Tensor Llama::packed_logits(const Tensor& ids, const Tensor& positions, const Tensor& segments) {

@@ -184,9 +184,8 @@ constexpr int kStateVersion = 1;
 }  // namespace
 
 
-void save_finetuned_model_dir(const std::string& dir, const nn::CausalLM& model, const tokenizer::Tokenizer& tokenizer,
-                              const GenerationConfig& generation, const chat::ChatTemplate& chat_template,
-                              const std::string& base_dir) {
+json finetuned_tokenizer_config(const tokenizer::Tokenizer& tokenizer, const chat::ChatTemplate& chat_template,
+                                int64_t max_positions, const std::string& base_dir) {
   // The base's tokenizer_config.json (special tokens, class, flags) with the template swapped in.
   json config = json::object();
   const fs::path base_config = fs::path(base_dir) / "tokenizer_config.json";
@@ -198,7 +197,14 @@ void save_finetuned_model_dir(const std::string& dir, const nn::CausalLM& model,
   if (tokenizer.pad_id() && !config.contains("pad_token")) config["pad_token"] = tokenizer.id_to_token(*tokenizer.pad_id());
   config["chat_template"] = chat::template_jinja(chat_template.style());
   config.erase("chat_templates");
-  if (!config.contains("model_max_length")) config["model_max_length"] = model.max_positions();
+  if (!config.contains("model_max_length")) config["model_max_length"] = max_positions;
+  return config;
+}
+
+void save_finetuned_model_dir(const std::string& dir, const nn::CausalLM& model, const tokenizer::Tokenizer& tokenizer,
+                              const GenerationConfig& generation, const chat::ChatTemplate& chat_template,
+                              const std::string& base_dir) {
+  const json config = finetuned_tokenizer_config(tokenizer, chat_template, model.max_positions(), base_dir);
   write_directory_atomically(dir, [&](const std::string& tmp) {
     const std::string model_files = (fs::path(tmp) / "files").string();
     save_model_dir(model_files, model, tokenizer, generation);
@@ -236,18 +242,16 @@ struct SftTrainer::State {
   std::vector<LossRow> rows;
 };
 
-namespace {
-
-chat::ChatTemplate resolve_template(const SftConfig& c, const std::string& dir, const tokenizer::Tokenizer& tok,
-                                    const GenerationConfig& generation) {
+chat::ChatTemplate resolve_chat_template(const std::string& choice, const std::string& dir,
+                                         const tokenizer::Tokenizer& tok, const GenerationConfig& generation) {
   const std::string config_path = (fs::path(dir) / "tokenizer_config.json").string();
   tokenizer::TokenizerConfig tc;
   const bool has_config = fs::exists(config_path);
   if (has_config) tc = tokenizer::TokenizerConfig::read(config_path);
-  if (c.chat_template == "auto" && has_config && !tc.chat_template.empty())
+  if (choice == "auto" && has_config && !tc.chat_template.empty())
     return chat::ChatTemplate::from_tokenizer_config(tc, config_path);
   const chat::TemplateStyle style =
-      chat::parse_template_style(c.chat_template == "auto" ? std::string("alpaca") : c.chat_template);
+      chat::parse_template_style(choice == "auto" ? std::string("alpaca") : choice);
   // generation_config.json's EOS where the tokenizer has that id (transformers' GPT2Config writes
   // 50256 whatever the tokenizer), else the tokenizer's own.
   std::optional<int32_t> eos = tok.eos_id();
@@ -257,6 +261,8 @@ chat::ChatTemplate resolve_template(const SftConfig& c, const std::string& dir, 
   const std::string eos_text = tc.eos_token.value_or(eos ? tok.id_to_token(*eos) : "");
   return chat::ChatTemplate(style, bos, eos_text);
 }
+
+namespace {
 
 nn::LoraConfig lora_config_of(const SftConfig& c, const std::string& model_type) {
   nn::LoraConfig lc;
@@ -322,7 +328,7 @@ SftTrainer::SftTrainer(SftConfig config, SftOptions options)
   s.tok = std::make_unique<tokenizer::Tokenizer>(tokenizer::Tokenizer::load_dir(s.loaded.dir));
   KOTOBA_CHECK(s.tok->vocab_size() <= s.loaded.model->vocab_size(), "sft: the tokenizer of ", config_.model, " has ",
                s.tok->vocab_size(), " tokens but the model only ", s.loaded.model->vocab_size(), " rows");
-  s.chat_template.emplace(resolve_template(config_, s.loaded.dir, *s.tok, s.loaded.generation));
+  s.chat_template.emplace(resolve_chat_template(config_.chat_template, s.loaded.dir, *s.tok, s.loaded.generation));
   s.pad_id = s.tok->pad_id().value_or(s.tok->eos_id().value_or(0));
   KOTOBA_CHECK(config_.max_length <= s.loaded.model->max_positions(), "sft config: 'max_length' (",
                config_.max_length, ") exceeds the model's context (", s.loaded.model->max_positions(), " positions)");

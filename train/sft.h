@@ -90,6 +90,17 @@ struct SftBatch {
 // needed: under causal attention no real token sees a later pad, and pads predict nothing).
 SftBatch make_sft_batch(std::span<const data::PackingExample* const> examples, int32_t pad_id);
 
+// The tokenizer_config.json of a fine-tuned directory: base_dir's (if it has one) with the chat
+// template it was tuned with (and bos/eos/pad tokens, model_max_length where absent).
+nlohmann::json finetuned_tokenizer_config(const tokenizer::Tokenizer& tokenizer, const chat::ChatTemplate& chat_template,
+                                          int64_t max_positions, const std::string& base_dir = "");
+
+// The chat template a fine-tuning run uses: `choice` (chatml, llama2, alpaca, plain) or "auto" —
+// the model directory's tokenizer_config.json chat_template, else alpaca — with the tokenizer's
+// (or generation_config.json's) BOS/EOS.
+chat::ChatTemplate resolve_chat_template(const std::string& choice, const std::string& dir,
+                                         const tokenizer::Tokenizer& tok, const GenerationConfig& generation);
+
 // Writes a fine-tuned model directory atomically: save_model_dir's files and a
 // tokenizer_config.json (base_dir's, if it has one) naming the chat template it was tuned with (bos/eos/pad tokens and
 // chat_template), so `kotoba chat` and transformers' apply_chat_template render what it learnt.
