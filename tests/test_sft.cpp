@@ -512,4 +512,36 @@ TEST(SftErrors, NonFiniteLossStopsAndKeepsTheCheckpoint) {
   EXPECT_FALSE(fs::exists(root / "run" / "model"));
 }
 
+// A learning rate that is large but not overflowing makes the second step's loss finite but far
+// beyond a uniform guess (ln V): the run stops as diverged, keeping the step-1 checkpoint.
+TEST(SftErrors, ExplodingLossStopsAndKeepsTheCheckpoint) {
+  const uint64_t seed = kt::test_seed();
+  const fs::path root = scratch("explode");
+  LetterTask task = make_letter_task(seed, 100, 1);
+  const fs::path base = make_base_model(root, task, seed);
+  write_alpaca_jsonl(root / "train.jsonl", task.train);
+  train::SftConfig c;
+  c.model = base.string();
+  c.data = (root / "train.jsonl").string();
+  c.out = (root / "run").string();
+  c.chat_template = "plain";
+  c.max_length = 64;
+  c.batch = 8;
+  c.steps = 20;
+  c.checkpoint_every = 1;
+  c.lr = 100;  // AdamW's first step moves every weight by about 100: logits of ~1e5, still finite
+  c.clip = 0;
+  try {
+    train::SftTrainer(c, {.progress = false}).run();
+    FAIL() << "a run whose loss exploded did not stop";
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("exploded"), std::string::npos) << what;
+    EXPECT_NE(what.find("4 ln V"), std::string::npos) << what;
+    EXPECT_NE(what.find("last good checkpoint (step 1)"), std::string::npos) << what;
+  }
+  EXPECT_EQ(json::parse(slurp(root / "run" / "checkpoint" / "trainer_state.json"))["step"].get<int64_t>(), 1);
+  EXPECT_FALSE(fs::exists(root / "run" / "model"));
+}
+
 }  // namespace
