@@ -6,11 +6,19 @@
 namespace kotoba::data {
 
 PackedExamples pack_examples(const std::vector<PackingExample>& examples, int64_t max_length, int32_t pad_id) {
+  std::vector<const PackingExample*> pointers;
+  pointers.reserve(examples.size());
+  for (const PackingExample& e : examples) pointers.push_back(&e);
+  return pack_examples_by_pointer(pointers, max_length, pad_id);
+}
+
+PackedExamples pack_examples_by_pointer(std::span<const PackingExample* const> examples, int64_t max_length,
+                                        int32_t pad_id) {
   KOTOBA_CHECK(max_length > 0, "pack_examples: max_length must be positive, got ", max_length);
   PackedExamples packed;
   std::vector<int64_t> used;  // tokens filled per row
   for (size_t i = 0; i < examples.size(); ++i) {
-    const PackingExample& e = examples[i];
+    const PackingExample& e = *examples[i];
     const int64_t n = int64_t(e.ids.size());
     KOTOBA_CHECK(n > 0, "pack_examples: example ", i, " has no tokens");
     KOTOBA_CHECK(e.labels.size() == e.ids.size(), "pack_examples: example ", i, " has ", e.ids.size(),
@@ -34,7 +42,7 @@ PackedExamples pack_examples(const std::vector<PackingExample>& examples, int64_
     int64_t at = r * L;
     int32_t segment = 0;
     for (size_t index : packed.rows[size_t(r)]) {
-      const PackingExample& e = examples[index];
+      const PackingExample& e = *examples[index];
       const int64_t n = int64_t(e.ids.size());
       ++segment;
       for (int64_t t = 0; t < n; ++t) {

@@ -2,6 +2,7 @@
 // a fixed length, with the positions, segment ids and shifted targets a packed batch needs.
 #pragma once
 #include <cstdint>
+#include <span>
 #include <vector>
 
 #include "nn/causal_lm.h"
@@ -33,5 +34,9 @@ struct PackedExamples {
 // max_length, or one whose labels differ in length from its ids throws kotoba::Error naming
 // its index. No examples gives no rows (tensors of shape (0, max_length)).
 PackedExamples pack_examples(const std::vector<PackingExample>& examples, int64_t max_length, int32_t pad_id = 0);
+// The same over examples held elsewhere (an epoch's order without copying them); rows[r] holds
+// indices into `examples`.
+PackedExamples pack_examples_by_pointer(std::span<const PackingExample* const> examples, int64_t max_length,
+                                        int32_t pad_id = 0);
 
 }  // namespace kotoba::data

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
@@ -172,7 +173,7 @@ void write_alpaca_jsonl(const fs::path& path, const std::vector<data::SftExample
 }
 
 // A byte-level BPE trained on the task's text, and a random LLaMA-architecture model (RoPE) that has never seen it.
-fs::path make_base_model(const fs::path& root, const LetterTask& task, uint64_t seed, float init_std = 0.02f) {
+fs::path make_base_model(const fs::path& root, const LetterTask& task, uint64_t seed) {
   fs::create_directories(root);
   const fs::path corpus = root / "corpus.txt";
   {
@@ -196,7 +197,6 @@ fs::path make_base_model(const fs::path& root, const LetterTask& task, uint64_t 
   mc.max_position_embeddings = 192;
   mc.tie_word_embeddings = true;
   mc.seed = seed;
-  mc.initializer_range = init_std;
   nn::Llama model(mc);
   GenerationConfig generation;
   generation.eos_token_id = generation.bos_token_id = *tok.token_to_id("<|endoftext|>");
@@ -285,44 +285,111 @@ TEST(SftTask, FullFineTuningFollowsHeldOutInstructions) {
   EXPECT_EQ(tc["chat_template"].get<std::string>(), chat::template_jinja(chat::TemplateStyle::plain));
 }
 
-// LoRA on the same task: the adapters alone (base frozen) must cut the validation loss, and the
-// PEFT adapter written at the end, put back on the base, must give the tuned model's logits.
-// (Reaching the full run's exact match with LoRA on a 136k-parameter random base is not yet
-// achieved: see the closing note of the fine-tuning issue.)
-TEST(SftTask, LoraAdaptersLearnAndReload) {
+// LoRA teaches a base that has the skills a new way of being asked for them, as instruction tuning
+// does on a pretrained model. Stage 1 makes that base: the random model is fully fine-tuned on
+// other instructions for the same skills ("copy", "capitals") and writes its answers with a full
+// stop ("a b c d e ."). Under the task's own instructions ("Repeat the letters.", "Write the
+// letters in capitals.") it scores near 0 on held-out prompts; LoRA adapters alone (the base
+// frozen) must bring it to 90%, and the PEFT adapter written at the end, put back on the base,
+// must give the tuned model's logits.
+// What did not work, measured: LoRA on a random base (its frozen N(0, 0.02^2) head and embeddings
+// bound the logits; PEFT stalls the same way), and a base that learnt the skills as plain text in
+// another layout ("copy: a b c d e = a b c d e", 100% asked that way): LoRA stalled at 0% exact
+// match (val loss ~1.8). Likely cause: the base copies by attending at a fixed relative offset, and
+// moving a RoPE offset is a rotation of most of the query/key space, beyond a rank-16 update of a
+// 64-wide layer. Here the layout is the task's; the wording and the reply's ending are not.
+TEST(SftTask, LoraFollowsHeldOutInstructions) {
+  const auto started = std::chrono::steady_clock::now();
   const uint64_t seed = kt::test_seed();
   const fs::path root = scratch("lora");
-  LetterTask task = make_letter_task(seed, 1000, 1);
-  // A frozen head of N(0, 0.02^2) weights cannot make confident predictions whatever the adapters
-  // do (the logits' scale is bounded by the frozen norms and embeddings); a trained base has larger
-  // weights, which a wider random init stands in for here.
-  const fs::path base = make_base_model(root, task, seed, 0.1f);
+  LetterTask task = make_letter_task(seed, 1000, 200);
+  const fs::path base = make_base_model(root, task, seed);
   write_alpaca_jsonl(root / "train.jsonl", task.train);
+
+  // Stage 1: 20,000 examples of the base's instructions over letter strings the task never uses
+  // (fewer, seen for many epochs, left the base at 82-95% on unseen strings for some seeds).
+  std::set<std::string> task_inputs;
+  for (const auto& e : task.train) task_inputs.insert(e.messages[0].input);
+  for (const auto& e : task.test) task_inputs.insert(e.messages[0].input);
+  std::vector<data::SftExample> skills;
+  for (uint64_t index = 0; skills.size() < 20000; ++index) {
+    const std::string input = letters_of(seed ^ 0x5c111ull, index);
+    if (task_inputs.count(input)) continue;
+    const bool capitals = mix64(seed ^ 0xca95ull ^ index) % 2;
+    skills.push_back(alpaca(capitals ? "capitals" : "copy", input,
+                            answer_of(capitals ? "Write" : "Repeat", input) + " ."));
+  }
+  write_alpaca_jsonl(root / "skills.jsonl", skills);
+  train::SftConfig c1;
+  c1.model = base.string();
+  c1.data = (root / "skills.jsonl").string();
+  c1.chat_template = "plain";
+  c1.out = (root / "base_run").string();
+  c1.max_length = 64;
+  c1.pack = 1;
+  c1.batch = 16;
+  c1.steps = 2500;
+  c1.lr = 3e-3;
+  c1.warmup = 50;
+  c1.min_lr = 1e-4;
+  c1.checkpoint_every = 0;
+  c1.val_fraction = 0.01;
+  c1.seed = int64_t(seed % 1000003);
+  const train::SftResult stage1 = train::SftTrainer(c1, {.progress = false}).run();
+  ASSERT_TRUE(stage1.finished);
+  const std::string tuned_base = stage1.model_dir;
+
+  const chat::ChatTemplate plain(chat::TemplateStyle::plain, "", "<|endoftext|>");
+  double base_score = 0, base_own_form = 0;
+  {
+    LoadedModel loaded = load_model_dir(tuned_base);
+    tokenizer::Tokenizer tok = tokenizer::Tokenizer::load_dir(tuned_base);
+    base_score = exact_match(*loaded.model, tok, plain, task);
+    // The same held-out strings asked the base's way: it has the skills.
+    LetterTask own = task;
+    for (size_t i = 0; i < own.test.size(); ++i) {
+      const bool capitals = own.test[i].messages[0].content.rfind("Write", 0) == 0;
+      own.test[i].messages[0].content = capitals ? "capitals" : "copy";
+      own.expected[i] += " .";
+    }
+    base_own_form = exact_match(*loaded.model, tok, plain, own);
+  }
+
+  // Stage 2: LoRA on the task.
   train::SftConfig c;
-  c.model = base.string();
+  c.model = tuned_base;
   c.data = (root / "train.jsonl").string();
   c.chat_template = "plain";
   c.out = (root / "run").string();
   c.max_length = 64;
-  c.batch = 32;
-  c.steps = 300;
+  c.pack = 1;
+  c.batch = 16;
+  c.steps = 500;
   c.lr = 5e-3;
   c.warmup = 20;
+  c.min_lr = 1e-4;
   c.checkpoint_every = 0;
   c.val_fraction = 0.05;
   c.lora_r = 16;
   c.lora_alpha = 32;
   c.lora_dropout = 0.0;
   c.lora_targets = "all-linear";
+  c.seed = int64_t(seed % 1000003);
   train::SftTrainer trainer(c, {.progress = false});
   const double before = trainer.validation_loss();
-  train::SftResult result = trainer.run();
-  std::printf("LoRA: validation loss %.4f before, %.4f after %lld steps; %s\n", before, result.val_loss,
-              (long long)result.step, trainer.trainable_parameters_report().c_str());
-  EXPECT_LT(result.val_loss, 0.85 * before);
+  const train::SftResult result = trainer.run();
+  const double tuned_score = exact_match(trainer.model(), trainer.tokenizer(), trainer.chat_template(), task);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  std::printf("LoRA: exact match %.1f%% (base) -> %.1f%% after %lld steps (val loss %.4f -> %.4f); the base: %lld "
+              "full steps (val loss %.4f), %.1f%% asked its way; %s; %.0f s\n",
+              100 * base_score, 100 * tuned_score, (long long)result.step, before, result.val_loss,
+              (long long)stage1.step, stage1.val_loss, 100 * base_own_form,
+              trainer.trainable_parameters_report().c_str(), seconds);
+  EXPECT_LE(base_score, 0.05);
+  EXPECT_GE(tuned_score, 0.90);
   ASSERT_TRUE(fs::exists(result.adapter_dir + "/adapter_model.safetensors"));
 
-  LoadedModel reloaded = load_model_dir(base.string());
+  LoadedModel reloaded = load_model_dir(tuned_base);
   load_peft_adapter(*reloaded.model, result.adapter_dir);
   Tensor ids = Tensor::from_vector_i32({5, 9, 2, 7, 11, 3}, {1, 6});
   NoGradGuard no_grad;
@@ -441,6 +508,38 @@ TEST(SftErrors, NonFiniteLossStopsAndKeepsTheCheckpoint) {
     EXPECT_NE(what.find("last good checkpoint (step 1)"), std::string::npos) << what;
   }
   EXPECT_TRUE(fs::exists(root / "run" / "checkpoint" / "trainer_state.json"));
+  EXPECT_EQ(json::parse(slurp(root / "run" / "checkpoint" / "trainer_state.json"))["step"].get<int64_t>(), 1);
+  EXPECT_FALSE(fs::exists(root / "run" / "model"));
+}
+
+// A learning rate that is large but not overflowing makes the second step's loss finite but far
+// beyond a uniform guess (ln V): the run stops as diverged, keeping the step-1 checkpoint.
+TEST(SftErrors, ExplodingLossStopsAndKeepsTheCheckpoint) {
+  const uint64_t seed = kt::test_seed();
+  const fs::path root = scratch("explode");
+  LetterTask task = make_letter_task(seed, 100, 1);
+  const fs::path base = make_base_model(root, task, seed);
+  write_alpaca_jsonl(root / "train.jsonl", task.train);
+  train::SftConfig c;
+  c.model = base.string();
+  c.data = (root / "train.jsonl").string();
+  c.out = (root / "run").string();
+  c.chat_template = "plain";
+  c.max_length = 64;
+  c.batch = 8;
+  c.steps = 20;
+  c.checkpoint_every = 1;
+  c.lr = 100;  // AdamW's first step moves every weight by about 100: logits of ~1e5, still finite
+  c.clip = 0;
+  try {
+    train::SftTrainer(c, {.progress = false}).run();
+    FAIL() << "a run whose loss exploded did not stop";
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("exploded"), std::string::npos) << what;
+    EXPECT_NE(what.find("4 ln V"), std::string::npos) << what;
+    EXPECT_NE(what.find("last good checkpoint (step 1)"), std::string::npos) << what;
+  }
   EXPECT_EQ(json::parse(slurp(root / "run" / "checkpoint" / "trainer_state.json"))["step"].get<int64_t>(), 1);
   EXPECT_FALSE(fs::exists(root / "run" / "model"));
 }

@@ -392,16 +392,12 @@ SftTrainer::SftTrainer(SftConfig config, SftOptions options)
                                                                .beta2 = float(config_.beta2), .eps = float(config_.eps),
                                                                .weight_decay = float(config_.weight_decay)});
 
-  // Steps: from the units of one epoch (packed rows of the first epoch's order when packing).
-  int64_t units = int64_t(s.train.size());
-  if (config_.pack) {
-    std::vector<data::PackingExample> ordered;
-    for (size_t i : permutation(s.train.size(), mix64(uint64_t(config_.seed)))) ordered.push_back(s.train[i]);
-    units = int64_t(data::pack_examples(ordered, config_.max_length, s.pad_id).rows.size());
-  }
+  // Steps: from the units of one epoch (packed rows of the first epoch's order when packing). The
+  // first epoch is built here once and is the one training starts with.
+  begin_epoch(0);
   const int64_t per_step = config_.batch * config_.grad_accum;
   total_steps_ = config_.steps > 0 ? config_.steps
-                                   : std::max<int64_t>(1, int64_t(std::ceil(config_.epochs * double(units) /
+                                   : std::max<int64_t>(1, int64_t(std::ceil(config_.epochs * double(s.units) /
                                                                              double(per_step))));
 }
 
@@ -414,22 +410,25 @@ std::string SftTrainer::trainable_parameters_report() const {
   return nn::trainable_parameters_report(*state_->loaded.model);
 }
 
+void SftTrainer::begin_epoch(int64_t epoch) {
+  State& s = *state_;
+  s.epoch = epoch;
+  s.position = 0;
+  s.order = permutation(s.train.size(), mix64(uint64_t(config_.seed) + uint64_t(epoch)));
+  if (config_.pack) {
+    std::vector<const data::PackingExample*> ordered;
+    ordered.reserve(s.order.size());
+    for (size_t i : s.order) ordered.push_back(&s.train[i]);
+    s.packed = data::pack_examples_by_pointer(ordered, config_.max_length, s.pad_id);
+    s.units = int64_t(s.packed.rows.size());
+  } else {
+    s.units = int64_t(s.order.size());
+  }
+}
+
 SftBatch SftTrainer::next_train_batch() {
   State& s = *state_;
-  if (s.epoch < 0 || s.position >= s.units) {  // a new epoch
-    s.epoch += 1;
-    s.position = 0;
-    s.order = permutation(s.train.size(), mix64(uint64_t(config_.seed) + uint64_t(s.epoch)));
-    if (config_.pack) {
-      std::vector<data::PackingExample> ordered;
-      ordered.reserve(s.order.size());
-      for (size_t i : s.order) ordered.push_back(s.train[i]);
-      s.packed = data::pack_examples(ordered, config_.max_length, s.pad_id);
-      s.units = int64_t(s.packed.rows.size());
-    } else {
-      s.units = int64_t(s.order.size());
-    }
-  }
+  if (s.epoch < 0 || s.position >= s.units) begin_epoch(s.epoch + 1);
   const int64_t begin = s.position, end = std::min(s.units, s.position + config_.batch);
   s.position = end;
   if (config_.pack) {
@@ -551,10 +550,7 @@ void SftTrainer::resume() {
   // The epoch's order (and packing) is rebuilt from the seed; the position within it is restored.
   const int64_t epoch = field("epoch").get<int64_t>(), position = field("position").get<int64_t>();
   if (epoch >= 0) {
-    s.epoch = epoch - 1;
-    s.position = 0;
-    s.units = 0;
-    next_train_batch();  // builds epoch `epoch`
+    if (epoch != s.epoch) begin_epoch(epoch);  // the order (and packing) is rebuilt from the seed
     KOTOBA_CHECK(position >= 0 && position <= s.units, state_path, ": position ", position, " is outside epoch ",
                  epoch, " (", s.units, " units)");
     s.position = position;

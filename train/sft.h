@@ -150,6 +150,7 @@ class SftTrainer {
 
  private:
   struct State;
+  void begin_epoch(int64_t epoch);  // its example order, and its packed rows when packing
   SftBatch next_train_batch();
   void write_loss_files();
 
