@@ -175,7 +175,7 @@ inline double rule_rate(nn::CausalLM& model, const tokenizer::Tokenizer& tok, co
   std::vector<infer::GenerationResult> results;
   if (sample) {
     for (size_t i = 0; i < prompts.size(); ++i) {
-      o.seed = mix64(seed + i);
+      o.seed = mix64(seed ^ mix64(i + 1));
       results.push_back(infer::generate_batch(model, {prompts[i]}, o)[0]);
     }
   } else {
