@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -14,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <nlohmann/json.hpp>
@@ -419,5 +421,45 @@ TEST(DpoErrors, BadInputsAreNamed) {
   c.beta = 0;
   EXPECT_THROW(train::DpoTrainer(c, {.progress = false}), Error);
 }
+
+#ifdef KOTOBA_CLI_PATH
+// `kotoba dpo` end to end: pairs from a JSONL file, --json's last line, the run's files; a bad
+// flag value is an error naming the field, with a non-zero exit and no output directory.
+TEST(DpoCli, TrainsFromFilesAndRejectsBadFlags) {
+  const uint64_t seed = kt::test_seed();
+  const fs::path root = scratch("cli");
+  kt::RuleTask task = kt::make_rule_task(seed, 24, 1);
+  const fs::path base = kt::make_rule_base_model(root, task, seed);
+  {
+    std::ofstream f(root / "prefs.jsonl");
+    for (const auto& p : kt::rule_pairs(task, seed))
+      f << json{{"prompt", p.prompt[0].content}, {"chosen", p.chosen}, {"rejected", p.rejected}}.dump() << "\n";
+  }
+  auto kotoba = [&](const std::string& args, std::string& out) {
+    const fs::path o = root / "stdout";
+    const std::string cmd = std::string("OMP_WAIT_POLICY=passive '") + KOTOBA_CLI_PATH + "' " + args + " >'" +
+                            o.string() + "' 2>&1 </dev/null";
+    const int status = std::system(cmd.c_str());
+    out = slurp(o);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  };
+  const std::string common = "dpo --model '" + base.string() + "' --data '" + (root / "prefs.jsonl").string() +
+                             "' --chat-template plain --max-length 48 --batch 4 --steps 3 --lr 1e-3 --quiet";
+  std::string out;
+  ASSERT_EQ(kotoba(common + " --out '" + (root / "run").string() + "' --json", out), 0) << out;
+  const size_t last_line = out.rfind("\n{");  // --json: the last line is the result
+  const json j = json::parse(last_line == std::string::npos ? out : out.substr(last_line + 1));
+  EXPECT_EQ(j["step"].get<int64_t>(), 3);
+  EXPECT_TRUE(j["finished"].get<bool>());
+  EXPECT_TRUE(j["train"]["rewards_accuracy"].is_number());
+  for (const char* file : {"model/model.safetensors", "loss.csv", "metrics.csv", "loss.png", "rewards.png"})
+    EXPECT_TRUE(fs::exists(root / "run" / file)) << file;
+  EXPECT_NE(kotoba(common + " --out '" + (root / "bad").string() + "' --beta -1", out), 0);
+  EXPECT_NE(out.find("'beta'"), std::string::npos) << out;
+  EXPECT_NE(kotoba(common + " --out '" + (root / "bad").string() + "' --loss-type kto", out), 0);
+  EXPECT_NE(out.find("loss_type"), std::string::npos) << out;
+  EXPECT_FALSE(fs::exists(root / "bad"));
+}
+#endif
 
 }  // namespace

@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -12,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <nlohmann/json.hpp>
@@ -38,6 +40,13 @@ fs::path scratch(const std::string& name) {
   fs::remove_all(dir);
   fs::create_directories(dir.parent_path());
   return dir;
+}
+
+std::string slurp(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
 }
 
 std::vector<double> doubles(const Tensor& t) {
@@ -340,5 +349,46 @@ TEST(GrpoErrors, BadInputsAreNamed) {
   c.loss_type = "ppo";
   EXPECT_THROW(train::GrpoTrainer(c, kt::rule_pairs(task, seed), {}, {.progress = false}), Error);
 }
+
+#ifdef KOTOBA_CLI_PATH
+// `kotoba grpo` end to end with a checker script as the reward and LoRA: --json's last line, the
+// adapter and the run's files; a reward command that fails stops the run with its name.
+TEST(GrpoCli, TrainsWithACheckerCommand) {
+  const uint64_t seed = kt::test_seed();
+  const fs::path root = scratch("cli");
+  kt::RuleTask task = kt::make_rule_task(seed, 16, 1);
+  const fs::path base = kt::make_rule_base_model(root, task, seed);
+  {
+    std::ofstream f(root / "prompts.jsonl");
+    for (const auto& p : kt::rule_pairs(task, seed)) f << json{{"prompt", p.prompt[0].content}}.dump() << "\n";
+    std::ofstream c(root / "checker.py");
+    c << "import json, sys\nfor line in sys.stdin:\n    print(1.0 if 'a' in json.loads(line)['completion'] else 0.0)\n";
+  }
+  auto kotoba = [&](const std::string& args, std::string& out) {
+    const fs::path o = root / "stdout";
+    const std::string cmd = std::string("OMP_WAIT_POLICY=passive '") + KOTOBA_CLI_PATH + "' " + args + " >'" +
+                            o.string() + "' 2>&1 </dev/null";
+    const int status = std::system(cmd.c_str());
+    out = slurp(o);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  };
+  const std::string common = "grpo --model '" + base.string() + "' --data '" + (root / "prompts.jsonl").string() +
+                             "' --chat-template plain --num-generations 4 --max-completion-length 6 --batch 2 "
+                             "--steps 2 --lr 1e-3 --lora-r 4 --beta 0.04 --quiet";
+  std::string out;
+  const std::string checker = std::string(KOTOBA_PYTHON) + " '" + (root / "checker.py").string() + "'";
+  ASSERT_EQ(kotoba(common + " --out '" + (root / "run").string() + "' --reward-cmd \"" + checker + "\" --json", out), 0)
+      << out;
+  const size_t last_line = out.rfind("\n{");  // --json: the last line is the result
+  const json j = json::parse(last_line == std::string::npos ? out : out.substr(last_line + 1));
+  EXPECT_EQ(j["step"].get<int64_t>(), 2);
+  EXPECT_TRUE(j["reward"].is_number());
+  for (const char* file : {"adapter/adapter_model.safetensors", "loss.csv", "metrics.csv", "reward.png"})
+    EXPECT_TRUE(fs::exists(root / "run" / file)) << file;
+  EXPECT_NE(kotoba(common + " --out '" + (root / "bad").string() + "' --reward-cmd false", out), 0);
+  EXPECT_NE(out.find("--reward-cmd 'false' failed"), std::string::npos) << out;
+  EXPECT_FALSE(fs::exists(root / "bad" / "adapter"));
+}
+#endif
 
 }  // namespace
