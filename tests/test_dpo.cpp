@@ -299,7 +299,7 @@ TEST(DpoTask, LoraLearnsTheHiddenRuleAgainstItsBase) {
   c.precompute_ref = 0;  // the reference on the fly: the same policy with its adapters off
   RuleRun run = run_rule_task("lora", c);
   EXPECT_LE(run.before_sampled, 0.1);
-  // Greedy answers follow the rule; sampled ones reach 48-65% here (seeds 1-3), short of the
+  // Greedy answers follow the rule; sampled ones reach 29-65% here (seeds 1-3, 11), short of the
   // full run's 98-100%.
   EXPECT_GE(run.after_greedy, 0.8);
   EXPECT_GT(run.after_sampled, 2 * run.before_sampled);

@@ -229,7 +229,7 @@ TEST(GrpoTask, RuleRewardTeachesTheHiddenRule) {
   c.num_generations = 8;
   c.max_completion_length = 8;
   c.batch = 8;
-  c.steps = 60;
+  c.steps = 80;
   c.lr = 1e-3;
   c.warmup = 3;
   c.beta = 0.0;
