@@ -3,10 +3,14 @@
 # threads, prompt and number of new tokens, at batch 1 and 8; prints every figure and the ratios.
 # The model (bench/decode_model.py: LLaMA architecture, 12 x 768, GQA, vocabulary ~32000, random
 # weights, ~120 M parameters) is made once under the build tree and exported by `kotoba convert`
-# to GGUF f32 and f16. kotoba decodes the model directory (f32); llama.cpp the f32 GGUF (the
-# same numbers, so the ratio compares like with like) and, for reference, the f16 GGUF.
+# to GGUF f32, f16, q8_0 and q4_0. kotoba decodes the model directory (f32) and its `kotoba
+# quantize` copies (--formats, default int8,q8_0,q4_0,nf4: the blocks' Linear layers quantised,
+# embeddings and LM head f32); llama.cpp the f32 GGUF (the same numbers, so the ratio compares like
+# with like), the f16 one for reference, and the q8_0/q4_0 ones (every matrix quantised, the
+# embeddings and output head too) beside kotoba's 8-bit and 4-bit formats.
 #
 #   bench/decode.sh [--threads 2] [--prompt-tokens 512] [--new-tokens 128] [--batches 1,8] [--repeat 2]
+#                   [--formats int8,q8_0,q4_0,nf4]
 #
 # Environment: KOTOBA_BUILD_DIR (default build/; configured Release if new), KOTOBA_PYTHON (a python
 # with transformers, tokenizers and llama_cpp; default ~/.cache/kotoba-ref/bin/python).
@@ -14,7 +18,7 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="${KOTOBA_BUILD_DIR:-$repo/build}"
 python="${KOTOBA_PYTHON:-$HOME/.cache/kotoba-ref/bin/python}"
-threads=2 prompt=512 new=128 batches=1,8 repeat=2
+threads=2 prompt=512 new=128 batches=1,8 repeat=2 formats=int8,q8_0,q4_0,nf4
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --threads) threads="$2"; shift 2 ;;
@@ -22,7 +26,8 @@ while [[ $# -gt 0 ]]; do
     --new-tokens) new="$2"; shift 2 ;;
     --batches) batches="$2"; shift 2 ;;
     --repeat) repeat="$2"; shift 2 ;;
-    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --formats) formats="$2"; shift 2 ;;
+    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "decode.sh: unknown argument '$1'" >&2; exit 2 ;;
   esac
 done
@@ -33,8 +38,13 @@ fi
 work="$build/bench-decode"
 mkdir -p "$work"
 [[ -f "$work/model/config.json" ]] || "$python" "$repo/bench/decode_model.py" "$work/model"
-for type in f32 f16; do
+gguf_types="f32 f16"
+[[ -n "$formats" ]] && gguf_types="f32 f16 q8_0 q4_0"
+for type in $gguf_types; do
   [[ -f "$work/model-$type.gguf" ]] || "$build/kotoba" convert "$work/model" "$work/model-$type.gguf" --type "$type" >/dev/null
+done
+for fmt in ${formats//,/ }; do
+  [[ -f "$work/model-$fmt/config.json" ]] || "$build/kotoba" quantize "$work/model" --to "$fmt" --out "$work/model-$fmt" >/dev/null
 done
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores;" \
   "load before: $(cut -d' ' -f1-3 /proc/loadavg); threads $threads, prompt $prompt, new tokens $new" >&2
@@ -42,7 +52,11 @@ common=(--threads "$threads" --prompt-tokens "$prompt" --new-tokens "$new" --bat
 results="$(mktemp)"
 trap 'rm -f "$results"' EXIT
 OMP_NUM_THREADS="$threads" "$build/bench_decode" "$work/model" "${common[@]}" | tee -a "$results" | cut -c1-300 >&2
-for type in f32 f16; do
+for fmt in ${formats//,/ }; do
+  OMP_NUM_THREADS="$threads" "$build/bench_decode" "$work/model-$fmt" "${common[@]}" |
+    sed "s/\"side\": *\"kotoba\"/\"side\": \"kotoba $fmt\"/" | tee -a "$results" | cut -c1-300 >&2
+done
+for type in $gguf_types; do
   "$python" "$repo/bench/decode_peer.py" "$work/model-$type.gguf" "${common[@]}" |
     sed "s/\"side\": \"llama.cpp\"/\"side\": \"llama.cpp $type\"/" | tee -a "$results" | cut -c1-300 >&2
 done
@@ -71,5 +85,20 @@ for (side, b), r in sorted(by.items()):
             out[f"same_leading_tokens_b{b}_{peer.split()[1]}"] = same
     out[f"kotoba_b{b}"] = round(k, 1)
     out[f"llama_cpp_f32_b{b}"] = round(by[("llama.cpp f32", b)]["decode_tokens_per_s"], 1)
+# Quantised: each kotoba format against kotoba f32 and llama.cpp at the same bit width.
+peer_of = {"int8": "llama.cpp q8_0", "q8_0": "llama.cpp q8_0", "q4_0": "llama.cpp q4_0", "nf4": "llama.cpp q4_0"}
+for (side, b), r in sorted(by.items()):
+    if not side.startswith("kotoba ") or ("kotoba", b) not in by:
+        continue
+    fmt, q = side.split()[1], r["decode_tokens_per_s"]
+    f32 = by[("kotoba", b)]["decode_tokens_per_s"]
+    line = f"batch {b}: kotoba {fmt} {q:.1f} tokens/s, {q / f32:.2f}x kotoba f32"
+    out[f"kotoba_{fmt}_b{b}"] = round(q, 1)
+    out[f"ratio_{fmt}_vs_f32_b{b}"] = round(q / f32, 3)
+    p = by.get((peer_of.get(fmt, ""), b))
+    if p:
+        line += f"; {peer_of[fmt]} {p['decode_tokens_per_s']:.1f} tokens/s, ratio {q / p['decode_tokens_per_s']:.2f}"
+        out[f"ratio_{fmt}_vs_{peer_of[fmt].split()[1]}_b{b}"] = round(q / p["decode_tokens_per_s"], 3)
+    print(line)
 print(json.dumps(out))
 PY

@@ -26,9 +26,9 @@ namespace fs = std::filesystem;
 namespace {
 
 const char* const kUsage =
-    "kotoba convert SRC DST [--type f32|f16|bf16|q8_0] [--dtype f32|bf16|f16] [--shard-size SIZE] [--json]\n"
+    "kotoba convert SRC DST [--type f32|f16|bf16|q8_0|q4_0] [--dtype f32|bf16|f16] [--shard-size SIZE] [--json]\n"
     "  SRC a model directory, DST ending in .gguf: writes llama.cpp's GGUF (gpt2, llama, mistral, qwen2);\n"
-    "    --type stores the matrices as f32 (default), f16, bf16 or q8_0 (norms and biases stay f32).\n"
+    "    --type stores the matrices as f32 (default), f16, bf16, q8_0 or q4_0 (norms and biases stay f32).\n"
     "  SRC a .gguf file, DST a directory: writes a HF model directory (weights dequantised to f32,\n"
     "    tokenizer.json rebuilt from the GGUF vocabulary).\n"
     "  SRC and DST model directories: rewrites the weights in --dtype (default: as they are stored)\n"
@@ -47,7 +47,8 @@ GGMLType parse_gguf_type(const std::string& s) {
   if (s == "f16") return GGMLType::f16;
   if (s == "bf16") return GGMLType::bf16;
   if (s == "q8_0") return GGMLType::q8_0;
-  throw Error("convert: --type must be f32, f16, bf16 or q8_0, got '" + s + "'");
+  if (s == "q4_0") return GGMLType::q4_0;
+  throw Error("convert: --type must be f32, f16, bf16, q8_0 or q4_0, got '" + s + "'");
 }
 
 DType parse_dtype(const std::string& s) {

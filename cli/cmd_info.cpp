@@ -13,6 +13,7 @@
 #include "io/json_util.h"
 #include "io/model_dir.h"
 #include "io/safetensors.h"
+#include "quant/packed.h"
 
 using namespace kotoba;
 using kotoba::cli::Flags;
@@ -101,8 +102,26 @@ int cmd_info(const cli::Args& args) {
   const std::map<std::string, Tensor> tensors = load_model_weights(dir);
   const bool tied = config.value("tie_word_embeddings", config.value("model_type", std::string()) == "gpt2");
 
-  double linear = 0, linear_rows = 0, other = 0, nf4_blocks = 0, dq_groups = 0;
+  double linear = 0, linear_rows = 0, other = 0, nf4_blocks = 0, dq_groups = 0, stored = 0;
+  // A quantised directory (kotoba quantize): its Linear weights are in quantized.safetensors.
+  std::string quantized_format;
+  if (config.contains("quantization_config") && config["quantization_config"].is_object()) {
+    quantized_format = config["quantization_config"].value("format", std::string("?"));
+    const int bits = quant::weight_format_bits(quant::parse_weight_format(quantized_format));
+    const SafeTensors q = load_safetensors((fs::path(dir) / "quantized.safetensors").string());
+    for (auto& [name, t] : q.tensors) {
+      stored += double(t.nbytes());
+      if (name.size() < 6 || name.compare(name.size() - 6, 6, ".codes") != 0 || t.ndim() != 2) continue;
+      const double n = double(t.size(0)) * double(t.size(1)) * (bits == 4 ? 2 : 1);
+      linear += n;
+      linear_rows += double(t.size(0));
+      const double blocks = std::ceil(n / 64.0);
+      nf4_blocks += blocks;
+      dq_groups += std::ceil(blocks / 256.0);
+    }
+  }
   for (auto& [name, t] : tensors) {
+    stored += double(t.nbytes());
     if (name == "lm_head.weight" && tied) continue;  // the embeddings' memory
     double n = double(t.numel());
     if (is_linear_weight(name) && t.ndim() == 2) {
@@ -132,6 +151,7 @@ int cmd_info(const cli::Args& args) {
     nlohmann::json memory = nlohmann::json::object();
     for (const Row& r : rows) memory[r.name] = int64_t(std::llround(r.bytes));
     nlohmann::json j = config;
+    if (!quantized_format.empty()) memory["stored (" + quantized_format + ")"] = int64_t(std::llround(stored));
     j.update(nlohmann::json{{"parameters", int64_t(params)},
                      {"linear_parameters", int64_t(linear)},
                      {"memory_bytes", memory}});
@@ -146,6 +166,9 @@ int cmd_info(const cli::Args& args) {
   for (const Row& r : rows)
     std::printf("  %-24s %14lld %12s %14.2f\n", r.name, (long long)std::llround(r.bytes), human_bytes(r.bytes).c_str(),
                 8 * r.bytes / params);
+  if (!quantized_format.empty())
+    std::printf("\nthis directory holds its Linear weights as %s: %s of weights stored (%.2f bits/param)\n",
+                quantized_format.c_str(), human_bytes(stored).c_str(), 8 * stored / params);
   std::printf("\nQuantized rows: Linear weights quantized, everything else at 16 bits; NF4 stores 4 bits per weight\n"
               "plus one fp32 absmax per 64-weight block (4 + 32/64 = 4.5 bits); double quantization stores that\n"
               "absmax in 8 bits with one fp32 constant per 256 blocks (4 + 8/64 + 32/16384 = 4.127 bits).\n");

@@ -20,6 +20,7 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "io/safetensors.h"
+#include "quant/formats.h"
 
 namespace kotoba {
 
@@ -52,7 +53,7 @@ uint64_t scalar_size(GGUFValueType t) {
   return (t == GGUFValueType::string || t == GGUFValueType::array) ? 0 : min_encoded_size(t);
 }
 
-bool is_known_ggml_type(uint32_t t) { return t == 0 || t == 1 || t == 8 || t == 30; }
+bool is_known_ggml_type(uint32_t t) { return t == 0 || t == 1 || t == 2 || t == 8 || t == 30; }
 
 class Reader {
  public:
@@ -216,7 +217,7 @@ GGUFFile parse_into(std::span<const uint8_t> bytes, const std::string& name, std
     }
     uint32_t type = r.read<uint32_t>(what + " type");
     KOTOBA_CHECK(is_known_ggml_type(type), name, ": ", what, " has ggml type ", type,
-                 ", which kotoba does not read (supported: 0 F32, 1 F16, 8 Q8_0, 30 BF16)");
+                 ", which kotoba does not read (supported: 0 F32, 1 F16, 2 Q4_0, 8 Q8_0, 30 BF16)");
     t.type = GGMLType(type);
     uint64_t block = uint64_t(ggml_block_size(t.type));
     KOTOBA_CHECK(t.dims[0] % block == 0, name, ": ", what, " innermost dimension ", t.dims[0],
@@ -274,18 +275,20 @@ const char* ggml_type_name(GGMLType type) {
   switch (type) {
     case GGMLType::f32: return "F32";
     case GGMLType::f16: return "F16";
+    case GGMLType::q4_0: return "Q4_0";
     case GGMLType::q8_0: return "Q8_0";
     case GGMLType::bf16: return "BF16";
   }
   return "?";
 }
 
-int64_t ggml_block_size(GGMLType type) { return type == GGMLType::q8_0 ? 32 : 1; }
+int64_t ggml_block_size(GGMLType type) { return type == GGMLType::q8_0 || type == GGMLType::q4_0 ? 32 : 1; }
 
 int64_t ggml_block_bytes(GGMLType type) {
   switch (type) {
     case GGMLType::f32: return 4;
     case GGMLType::f16: case GGMLType::bf16: return 2;
+    case GGMLType::q4_0: return 18;
     case GGMLType::q8_0: return 34;
   }
   return 0;
@@ -515,20 +518,8 @@ void ggml_encode(GGMLType type, const float* values, int64_t count, uint8_t* out
         std::memcpy(out + 2 * i, &h.bits, 2);
       }
       return;
-    case GGMLType::q8_0:
-      for (int64_t b = 0; b < count / 32; ++b) {
-        const float* x = values + 32 * b;
-        uint8_t* block = out + 34 * b;
-        float absmax = 0;
-        for (int j = 0; j < 32; ++j) absmax = std::max(absmax, std::fabs(x[j]));
-        // ggml quantises with the f32 scale and its f32 reciprocal, and stores the scale as f16.
-        const float d = absmax / 127.0f;
-        const float inverse = d != 0.0f ? 1.0f / d : 0.0f;
-        f16 dh = f32_to_f16(d);
-        std::memcpy(block, &dh.bits, 2);
-        for (int j = 0; j < 32; ++j) block[2 + j] = uint8_t(int8_t(std::round(x[j] * inverse)));
-      }
-      return;
+    case GGMLType::q8_0: quant::quantize_q8_0(values, count, out); return;
+    case GGMLType::q4_0: quant::quantize_q4_0(values, count, out); return;
   }
 }
 
@@ -549,15 +540,8 @@ void ggml_decode(GGMLType type, const uint8_t* bytes, int64_t count, float* out)
         out[i] = bf16_to_f32(h);
       }
       return;
-    case GGMLType::q8_0:
-      for (int64_t b = 0; b < count / 32; ++b) {
-        const uint8_t* block = bytes + 34 * b;
-        f16 dh;
-        std::memcpy(&dh.bits, block, 2);
-        const float d = f16_to_f32(dh);
-        for (int j = 0; j < 32; ++j) out[32 * b + j] = float(int8_t(block[2 + j])) * d;
-      }
-      return;
+    case GGMLType::q8_0: quant::dequantize_q8_0(bytes, count, out); return;
+    case GGMLType::q4_0: quant::dequantize_q4_0(bytes, count, out); return;
   }
 }
 

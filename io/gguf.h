@@ -1,5 +1,5 @@
 // GGUF (v3), the single-file model format of ggml and llama.cpp: a validating reader (in memory or
-// memory-mapped), an atomic writer, and the tensor encodings F32, F16, BF16 and Q8_0 both ways.
+// memory-mapped), an atomic writer, and the tensor encodings F32, F16, BF16, Q8_0 and Q4_0 both ways.
 // Enum values are ggml's own, since they are what the file stores. Model export/import between a
 // HF model directory and GGUF lives in io/gguf_convert.h.
 #pragma once
@@ -23,7 +23,7 @@ const char* gguf_value_type_name(GGUFValueType type);
 
 // ggml_type: how a tensor's elements are stored. Only the types kotoba encodes and decodes are
 // listed; a file with any other type is rejected with its number and the tensor's name.
-enum class GGMLType : uint32_t { f32 = 0, f16 = 1, q8_0 = 8, bf16 = 30 };
+enum class GGMLType : uint32_t { f32 = 0, f16 = 1, q4_0 = 2, q8_0 = 8, bf16 = 30 };
 const char* ggml_type_name(GGMLType type);
 // Elements per block and bytes per block (Q8_0: 32 elements as an f16 scale + 32 int8 codes).
 int64_t ggml_block_size(GGMLType type);

@@ -238,6 +238,7 @@ uint32_t gguf_file_type(GGMLType weight_type) {
     case GGMLType::f32: return 0;   // LLAMA_FTYPE_ALL_F32
     case GGMLType::f16: return 1;   // LLAMA_FTYPE_MOSTLY_F16
     case GGMLType::q8_0: return 7;  // LLAMA_FTYPE_MOSTLY_Q8_0
+    case GGMLType::q4_0: return 2;  // LLAMA_FTYPE_MOSTLY_Q4_0
     case GGMLType::bf16: return 32; // LLAMA_FTYPE_MOSTLY_BF16
   }
   return 0;
@@ -313,7 +314,7 @@ void export_gguf(const std::string& model_dir, const std::string& gguf_path, GGM
     GGMLType type = weight_type;
     // llama.cpp's converter keeps vectors (norms, biases) and the position table in f32.
     if (values.ndim() < 2 || m.gguf == "position_embd.weight") type = GGMLType::f32;
-    if (type == GGMLType::q8_0 && values.size(-1) % 32 != 0) type = GGMLType::f16;
+    if ((type == GGMLType::q8_0 || type == GGMLType::q4_0) && values.size(-1) % 32 != 0) type = GGMLType::f16;
     out.push_back({m.gguf, values, type});
     mapped.insert(m.hf);
   }

@@ -10,7 +10,7 @@ namespace kotoba {
 
 // Writes the model directory `model_dir` (config.json, safetensors weights, tokenizer.json,
 // optional tokenizer_config.json and generation_config.json) to `gguf_path` atomically. Matrices
-// are stored as `weight_type` (F32, F16, BF16 or Q8_0; Q8_0 falls back to F16 for a matrix whose
+// are stored as `weight_type` (F32, F16, BF16, Q8_0 or Q4_0; the block types fall back to F16 for a matrix whose
 // rows are not a multiple of 32, as llama.cpp's converter does); norms, biases, other 1-D tensors
 // and GPT-2's position table stay F32. A setting llama.cpp would compute differently (e.g. a
 // sliding window shorter than the context, Llama 3 RoPE scaling) or a tokenizer it cannot

@@ -14,6 +14,7 @@
 #include <sstream>
 
 #include "io/json_util.h"
+#include "io/quantized_model.h"
 #include "io/safetensors.h"
 #include "tokenizer/tokenizer.h"
 
@@ -145,6 +146,12 @@ namespace {
 void write_model_files(const std::string& tmp, const nn::CausalLM& model, const GenerationConfig& generation) {
   save_safetensors((fs::path(tmp) / "model.safetensors").string(), model_to_hf_tensors(model), {{"format", "pt"}});
   json config = model_config_to_json(model);
+  json quantization_config;
+  const std::map<std::string, Tensor> quantized = quantized_layer_tensors(model, quantization_config);
+  if (!quantized.empty()) {
+    save_safetensors((fs::path(tmp) / "quantized.safetensors").string(), quantized, {{"format", "kotoba"}});
+    config["quantization_config"] = quantization_config;
+  }
   if (generation.bos_token_id) config["bos_token_id"] = *generation.bos_token_id;
   if (generation.eos_token_id) config["eos_token_id"] = *generation.eos_token_id;
   write_text_file((fs::path(tmp) / "config.json").string(), config.dump(2) + "\n");
@@ -175,6 +182,13 @@ void save_model_dir(const std::string& dir, const nn::CausalLM& model, const std
   save_dir_with(dir, model, generation, [&](const std::string& dest) {
     fs::copy_file(tokenizer_json_path, dest, fs::copy_options::overwrite_existing);
     fsync_path(dest, false);
+    // The tokenizer's own settings beside it (special tokens, chat template) travel with it.
+    for (const char* name : {"tokenizer_config.json", "special_tokens_map.json"}) {
+      const fs::path from = fs::path(tokenizer_json_path).parent_path() / name, to = fs::path(dest).parent_path() / name;
+      if (!fs::is_regular_file(from)) continue;
+      fs::copy_file(from, to, fs::copy_options::overwrite_existing);
+      fsync_path(to.string(), false);
+    }
   });
 }
 
@@ -210,6 +224,9 @@ LoadedModel load_model_dir(const std::string& dir) {
   KOTOBA_CHECK(tokens <= out.model->vocab_size(), out.tokenizer_path, " has ", tokens, " tokens but ", config_path,
                " vocab_size is ", out.model->vocab_size());
   if (fs::is_regular_file(gen_path)) out.generation = generation_config_from_json(read_json_file(gen_path), gen_path);
+  if (out.config.contains("quantization_config"))
+    load_quantized_layers(*out.model, out.config["quantization_config"], (d / "quantized.safetensors").string(),
+                          config_path);
   load_hf_tensors(*out.model, load_model_weights(dir), weights_name);
   return out;
 }

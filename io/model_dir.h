@@ -54,7 +54,9 @@ int64_t tokenizer_json_vocab_size(const std::string& tokenizer_json_path);
 // Writes the directory atomically: everything goes into a sibling temporary directory which is
 // then renamed over `dir` (an existing `dir` is replaced only once the new one is complete).
 // The tokenizer's vocabulary must fit the model's vocab_size (HF models may have more rows than
-// tokens; kotoba's own are saved with exactly as many).
+// tokens; kotoba's own are saved with exactly as many). Given a tokenizer.json path, the
+// tokenizer_config.json and special_tokens_map.json beside it are copied too. A model with
+// quantised layers also gets quantized.safetensors (io/quantized_model.h).
 void save_model_dir(const std::string& dir, const nn::CausalLM& model, const std::string& tokenizer_json_path,
                     const GenerationConfig& generation = {});
 void save_model_dir(const std::string& dir, const nn::CausalLM& model, const tokenizer::Tokenizer& tokenizer,

@@ -11,7 +11,7 @@ Linear::Linear(int64_t in_features, int64_t out_features, bool with_bias, float 
 }
 
 Tensor Linear::forward(const Tensor& x) const {
-  Tensor y = linear(x, weight, bias);
+  Tensor y = quantized_ ? quantized_linear(x, quantized_, bias) : linear(x, weight, bias);
   if (!lora_ || lora_->merged || lora_->disabled) return y;
   const LoraAdapter& a = *lora_;
   // x (..., in) -> (..., r) -> (..., out): two thin products instead of forming B A (out, in).
@@ -29,7 +29,7 @@ void Linear::attach_lora(const Tensor& A, const Tensor& B, float scaling, float 
   KOTOBA_CHECK(dropout >= 0 && dropout < 1, "Linear.attach_lora: dropout ", dropout, " is not in [0, 1)");
   detach_lora();
   auto adapter = std::make_unique<LoraAdapter>();
-  const Device device = weight.device();
+  const Device device = quantized_ ? Device::cpu : weight.device();
   adapter->A = adapter->a_module.register_parameter("weight", A.device() == device ? A : to_device(A, device));
   adapter->B = adapter->b_module.register_parameter("weight", B.device() == device ? B : to_device(B, device));
   adapter->scaling = scaling;
@@ -54,8 +54,28 @@ namespace {
 Tensor lora_delta(const LoraAdapter& a) { return scale(matmul(a.B.detach(), a.A.detach()), a.scaling); }
 }  // namespace
 
+void Linear::quantize(quant::WeightFormat format) {
+  KOTOBA_CHECK(!quantized_, "Linear.quantize: the layer is quantised already");
+  KOTOBA_CHECK(!lora_ || !lora_->merged, "Linear.quantize: the layer holds a merged adapter; unmerge it first");
+  Tensor w = weight.device() == Device::cpu ? weight.contiguous() : to_device(weight, Device::cpu);
+  set_quantized(std::make_shared<const quant::PackedWeight>(
+      quant::pack_weight(w.data<float>(), w.size(0), w.size(1), format)));
+}
+
+void Linear::set_quantized(std::shared_ptr<const quant::PackedWeight> packed) {
+  KOTOBA_CHECK(packed != nullptr, "Linear.set_quantized: no weight");
+  if (weight.defined())
+    KOTOBA_CHECK(packed->rows == weight.size(0) && packed->cols == weight.size(1), "Linear.set_quantized: a ",
+                 packed->rows, " x ", packed->cols, " weight for a layer of ", weight.size(0), " x ", weight.size(1));
+  unregister_parameter("weight");
+  weight = Tensor();
+  quantized_ = std::move(packed);
+}
+
 void Linear::merge_lora() {
   KOTOBA_CHECK(lora_, "Linear.merge_lora: the layer has no LoRA adapter");
+  KOTOBA_CHECK(!quantized_, "Linear.merge_lora: the base weight is quantised (QLoRA); merge into an f32 copy of the "
+               "base instead");
   if (lora_->merged) return;
   NoGradGuard no_grad;
   Tensor w = weight.detach();

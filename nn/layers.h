@@ -6,6 +6,7 @@
 
 #include "nn/module.h"
 #include "ops/ops.h"
+#include "quant/packed.h"
 
 namespace kotoba::nn {
 
@@ -28,8 +29,16 @@ class Linear : public Module {
   // Weight N(0, init_std^2), bias zero.
   Linear(int64_t in_features, int64_t out_features, bool bias, float init_std, Generator& gen);
   Tensor forward(const Tensor& x) const;
-  int64_t in_features() const { return weight.size(1); }
-  int64_t out_features() const { return weight.size(0); }
+  int64_t in_features() const { return quantized_ ? quantized_->cols : weight.size(1); }
+  int64_t out_features() const { return quantized_ ? quantized_->rows : weight.size(0); }
+
+  // Holds the weight quantised (quant/packed.h) instead of as f32: the "weight" parameter is
+  // dropped (frozen and gone from named_parameters, so checkpoints and the trainers never see
+  // it) and forward runs quantized_linear. LoRA adapters still attach on top (QLoRA); merging
+  // into a quantised weight is an error.
+  void quantize(quant::WeightFormat format);
+  void set_quantized(std::shared_ptr<const quant::PackedWeight> weight);
+  const quant::PackedWeight* quantized() const { return quantized_.get(); }
 
   // Attaches a rank-r adapter: A (r, in) and B (out, r) as given (trainable), on the weight's
   // device. Replaces an unmerged adapter; an error if a merged one is attached.
@@ -49,6 +58,7 @@ class Linear : public Module {
 
  private:
   std::unique_ptr<LoraAdapter> lora_;
+  std::shared_ptr<const quant::PackedWeight> quantized_;
 };
 
 class Embedding : public Module {

@@ -64,6 +64,15 @@ Tensor Module::register_parameter(std::string name, Tensor value) {
 
 void Module::register_module(std::string name, Module& child) { children_.emplace_back(std::move(name), &child); }
 
+bool Module::unregister_parameter(const std::string& name) {
+  for (auto it = params_.begin(); it != params_.end(); ++it)
+    if (it->first == name) {
+      params_.erase(it);
+      return true;
+    }
+  return false;
+}
+
 bool Module::unregister_module(const std::string& name) {
   for (auto it = children_.begin(); it != children_.end(); ++it)
     if (it->first == name) {

@@ -38,6 +38,8 @@ class Module {
  // Registration is public so that plain Modules can group children (e.g. "transformer.").
   Tensor register_parameter(std::string name, Tensor value);
   void register_module(std::string name, Module& child);
+  // Removes this module's own parameter `name` (a weight replaced by a quantised one); false if none.
+  bool unregister_parameter(const std::string& name);
   // Removes the child registered as `name` (a LoRA adapter detached from its layer); false if none.
   bool unregister_module(const std::string& name);
   // Every module below this one (itself excluded), depth-first in registration order, with

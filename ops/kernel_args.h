@@ -174,4 +174,15 @@ struct AdamWArgs {
   float lr, beta1, beta2, eps, weight_decay, grad_scale; int64_t step; DType grad_dtype;
 };
 
+// out (m, n) = x (m, k) @ W^T, or out += that when accumulate, with W an (n, k) matrix held
+// quantised in quant/packed.h's layout: per block of `blocksize` columns, f32 scale s and codes
+// (8-bit: int8 c, value s c; 4-bit: two per byte, value s table[c]). Rows of W are row_bytes
+// apart, their scales k / blocksize apart. f32 x and out, on the CPU.
+struct QuantGemmArgs {
+  int64_t m, n, k;
+  const float* x; int64_t ldx;
+  const uint8_t* codes; int64_t row_bytes; const float* scales; int64_t blocksize; int bits; const float* table;
+  float* out; int64_t ldo; bool accumulate;
+};
+
 }  // namespace kotoba

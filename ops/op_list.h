@@ -29,4 +29,5 @@
   X(cross_entropy, CrossEntropyArgs)                \
   X(dropout_forward, DropoutArgs)                   \
   X(dropout_backward, DropoutArgs)                  \
-  X(adamw_step, AdamWArgs)
+  X(adamw_step, AdamWArgs)                          \
+  X(quant_gemm, QuantGemmArgs)

@@ -4,11 +4,16 @@
 #pragma once
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <vector>
 
 #include "core/rng.h"
 #include "core/tensor.h"
 #include "ops/autograd.h"
+
+namespace kotoba::quant {
+struct PackedWeight;
+}
 
 namespace kotoba {
 
@@ -39,6 +44,10 @@ Tensor swiglu(const Tensor& gate, const Tensor& up);  // silu(gate) * up, same s
 Tensor matmul(const Tensor& a, const Tensor& b);
 // x (..., in) @ weight (out, in)^T + bias (out) -> (..., out); bias may be undefined.
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor());
+// x (..., in) @ W^T (+ bias) with W an (out, in) matrix held quantised (quant/packed.h), f32 on
+// the CPU; the gradient flows to x (and bias), not to the frozen W. ops/quant_matmul.cpp.
+Tensor quantized_linear(const Tensor& x, const std::shared_ptr<const quant::PackedWeight>& weight,
+                        const Tensor& bias = Tensor());
 
 // ---- embeddings ----
 // ids (...) i32 in [0, V), weight (V, C) -> (..., C)

@@ -122,6 +122,7 @@ TEST(GGUFFormat, RoundTripsEveryValueAndTensorType) {
       {"x.f16", kotoba::testing::random_normal({2, 4, 6}, gen, 3.0f), GGMLType::f16},
       {"x.bf16", kotoba::testing::random_normal({7}, gen), GGMLType::bf16},
       {"x.q8_0", kotoba::testing::random_normal({3, 64}, gen, 0.5f), GGMLType::q8_0},
+      {"x.q4_0", kotoba::testing::random_normal({2, 96}, gen, 0.5f), GGMLType::q4_0},
   };
   fs::path path = dir / "all.gguf";
   gguf_write(path.string(), md, tensors);
@@ -167,6 +168,12 @@ TEST(GGUFFormat, RoundTripsEveryValueAndTensorType) {
         float absmax = 0;
         for (size_t j = k / 32 * 32; j < k / 32 * 32 + 32; ++j) absmax = std::max(absmax, std::fabs(src[j]));
         EXPECT_LE(std::fabs(got[k] - src[k]), absmax / 127 * (0.5f + 127.0f / 2048) * 1.0001f) << t.name << k;
+      } else if (t.type == GGMLType::q4_0) {
+        // d = -max/8: within d/2 of the value (plus d's f16 rounding over 8 steps), the top code 7 clipping
+        // the largest positive values by at most one step.
+        float absmax = 0;
+        for (size_t j = k / 32 * 32; j < k / 32 * 32 + 32; ++j) absmax = std::max(absmax, std::fabs(src[j]));
+        EXPECT_LE(std::fabs(got[k] - src[k]), absmax / 8 * (1.0f + 8.0f / 1024) * 1.0001f) << t.name << k;
       } else {
         EXPECT_EQ(got[k], expected) << t.name << "[" << k << "]";
       }
@@ -370,7 +377,8 @@ TEST(GGUFFormat, RejectsMalformedFilesWithClearErrors) {
   expect_error(with([](Spec& s) { s.n_dims = 5; }), {"'w'", "dimensions"}, "n_dims 5");
   expect_error(with([](Spec& s) { s.dim0 = 0; }), {"'w'", "dimension 0"}, "dim 0");
   expect_error(with([](Spec& s) { s.dim0 = uint64_t(1) << 61; }), {"'w'"}, "huge dim");
-  expect_error(with([](Spec& s) { s.ggml_type = 2; }), {"'w'", "ggml type 2"}, "Q4_0");
+  expect_error(with([](Spec& s) { s.ggml_type = 3; }), {"'w'", "ggml type 3"}, "Q4_1 (unsupported)");
+  expect_error(with([](Spec& s) { s.ggml_type = 2; }), {"'w'", "block size 32"}, "Q4_0 rows of 8");
   expect_error(with([](Spec& s) { s.ggml_type = 8; }), {"'w'", "block size 32"}, "Q8_0 rows of 8");
   expect_error(with([](Spec& s) { s.offset1 = 4; }), {"'w'", "alignment"}, "misaligned");
   expect_error(with([](Spec& s) { s.offset2 = 1 << 20; }), {"'b'", "past the end"}, "offset past end");

@@ -15,6 +15,7 @@ void register_rope_kernels(Backend& b);
 void register_loss_kernels(Backend& b);
 void register_dropout_kernels(Backend& b);
 void register_adamw_kernels(Backend& b);
+void register_quant_gemm_kernels(Backend& b);
 
 inline void register_all_kernels(Backend& b) {
   register_embedding_kernels(b);
@@ -27,6 +28,7 @@ inline void register_all_kernels(Backend& b) {
   register_loss_kernels(b);
   register_dropout_kernels(b);
   register_adamw_kernels(b);
+  register_quant_gemm_kernels(b);
 }
 // Defined in ops/cpu/register.cpp, compiled per ISA.
 void fill_backend(Backend& b);

@@ -1,0 +1,62 @@
+// `kotoba quantize MODEL --to FORMAT --out DIR`: a model directory with its Linear layers
+// quantised (int8, q8_0, q4_0 or nf4), loadable by every command that loads a model. Argument
+// parsing only; the work is io/quantized_model.h.
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+
+#include "cli/command.h"
+#include "io/model_dir.h"
+#include "io/quantized_model.h"
+#include "tokenizer/tokenizer.h"
+
+using namespace kotoba;
+using kotoba::cli::Flags;
+
+namespace {
+
+const char* const kUsage =
+    "kotoba quantize MODEL --to FORMAT --out DIR\n"
+    "  Writes DIR: the model directory MODEL with every Linear layer of its blocks held quantised\n"
+    "  (the embeddings, norms and LM head stay as they are), which generate, chat, eval and the\n"
+    "  trainers (QLoRA: sft --lora-r on a quantised model) load like any model. FORMAT:\n"
+    "    int8   row-wise absmax, 8 bits (LLM.int8()'s weight format)\n"
+    "    q8_0   blocks of 32 with one scale, 8.5 bits (llama.cpp's Q8_0)\n"
+    "    q4_0   blocks of 32 with one scale, 4.5 bits (llama.cpp's Q4_0)\n"
+    "    nf4    4-bit NormalFloat, blocks of 64 with double-quantised absmax (QLoRA, bitsandbytes)\n"
+    "  A layer whose input width is not a whole number of blocks stays f32 and is listed.\n"
+    "  DIR is replaced only once complete.\n";
+
+int cmd_quantize(const cli::Args& args) {
+  if (cli::wants_help(args) || args.empty()) {
+    std::cout << kUsage;
+    return args.empty() ? 2 : 0;
+  }
+  Flags f = Flags::parse(args, "quantize", {"to", "out"}, {}, 1);
+  KOTOBA_CHECK(f.positional().size() == 1, "quantize: expected the model directory (kotoba quantize MODEL --to "
+               "FORMAT --out DIR)");
+  KOTOBA_CHECK(f.has("to"), "quantize: --to FORMAT is required (int8, q8_0, q4_0 or nf4)");
+  KOTOBA_CHECK(f.has("out"), "quantize: --out DIR is required");
+  const quant::WeightFormat format = quant::parse_weight_format(f.str("to"));
+  const std::string out = f.str("out");
+  KOTOBA_CHECK(std::filesystem::weakly_canonical(out) != std::filesystem::weakly_canonical(f.positional()[0]),
+               "quantize: --out must differ from MODEL (the model is read while DIR is written)");
+  LoadedModel loaded = load_model_dir(f.positional()[0]);
+  const QuantizeReport report = quantize_model(*loaded.model, format);
+  if (std::filesystem::path(loaded.tokenizer_path).filename() == "tokenizer.json")
+    save_model_dir(out, *loaded.model, loaded.tokenizer_path, loaded.generation);
+  else
+    save_model_dir(out, *loaded.model, tokenizer::Tokenizer::load_dir(loaded.dir), loaded.generation);
+  std::printf("quantised %zu Linear layers to %s", report.quantized.size(), quant::weight_format_name(format));
+  if (!report.skipped.empty()) {
+    std::printf("; kept f32 (width not a whole number of blocks):");
+    for (const std::string& s : report.skipped) std::printf(" %s", s.c_str());
+  }
+  std::printf("\nweights in memory: %.2f MB -> %.2f MB (%.2fx)\nwrote %s\n", double(report.bytes_before) / 1e6,
+              double(report.bytes_after) / 1e6, double(report.bytes_after) / double(report.bytes_before), out.c_str());
+  return 0;
+}
+
+}  // namespace
+
+KOTOBA_COMMAND("quantize", "quantise a model's Linear layers to int8, q8_0, q4_0 or nf4", cmd_quantize);

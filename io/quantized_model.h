@@ -1,0 +1,45 @@
+// Quantised model directories. `kotoba quantize` turns every Linear layer of a model (the output
+// head and the embeddings stay as they are, as bitsandbytes leaves lm_head) into quantised
+// weights (quant/packed.h); such a model is saved and loaded by save_model_dir/load_model_dir
+// like any other, so every command that loads a model runs it quantised. On disk:
+//   model.safetensors      every other tensor, under its HF name, as before
+//   quantized.safetensors  per quantised layer "<module>.codes" (I8: rows x bytes per row, the
+//                          kernel layout) and "<module>.scales" (F32: rows x blocks per row)
+//   config.json            "quantization_config": {"quant_method": "kotoba", "format": "nf4",
+//                          "modules": [...]}
+#pragma once
+#include <cstddef>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "core/tensor.h"
+#include "nn/causal_lm.h"
+#include "quant/packed.h"
+
+namespace kotoba {
+
+struct QuantizeReport {
+  std::vector<std::string> quantized;  // module names
+  std::vector<std::string> skipped;    // Linear layers whose shape the format cannot hold (kept f32)
+  size_t bytes_before = 0, bytes_after = 0;  // of all parameters and quantised weights
+};
+
+// Quantises the model's Linear layers in place.
+QuantizeReport quantize_model(nn::CausalLM& model, quant::WeightFormat format);
+
+// Parameter bytes plus quantised weight bytes: what the model holds in memory.
+size_t model_weight_bytes(const nn::CausalLM& model);
+
+// The tensors of quantized.safetensors and the config.json entry, or an empty map if no layer is quantised.
+std::map<std::string, Tensor> quantized_layer_tensors(const nn::CausalLM& model, nlohmann::json& quantization_config);
+
+// Before the model's other tensors are loaded: puts the quantised weights of `path` into the
+// layers `quantization_config` names (their f32 weights are then no longer expected). Errors
+// name the file, the module and the tensor.
+void load_quantized_layers(nn::CausalLM& model, const nlohmann::json& quantization_config, const std::string& path,
+                           const std::string& config_path);
+
+}  // namespace kotoba
