@@ -12,7 +12,7 @@ Linear::Linear(int64_t in_features, int64_t out_features, bool with_bias, float 
 
 Tensor Linear::forward(const Tensor& x) const {
   Tensor y = quantized_ ? quantized_linear(x, quantized_, bias) : linear(x, weight, bias);
-  if (!lora_ || lora_->merged) return y;
+  if (!lora_ || lora_->merged || lora_->disabled) return y;
   const LoraAdapter& a = *lora_;
   // x (..., in) -> (..., r) -> (..., out): two thin products instead of forming B A (out, in).
   Tensor h = a.dropout > 0 && training() ? kotoba::dropout(x, a.dropout, a.dropout_gen, true) : x;
@@ -90,6 +90,12 @@ void Linear::unmerge_lora() {
   Tensor w = weight.detach();
   w.copy_from(sub(w, lora_delta(*lora_)));
   lora_->merged = false;
+}
+
+void Linear::set_lora_enabled(bool enabled) {
+  KOTOBA_CHECK(lora_, "Linear.set_lora_enabled: the layer has no LoRA adapter");
+  KOTOBA_CHECK(enabled || !lora_->merged, "Linear.set_lora_enabled: a merged adapter cannot be disabled; unmerge it first");
+  lora_->disabled = !enabled;
 }
 
 Embedding::Embedding(int64_t count, int64_t dim, float init_std, Generator& gen) {

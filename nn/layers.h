@@ -21,6 +21,7 @@ struct LoraAdapter {
   float dropout = 0.0f;           // on the adapter's input, training mode only
   mutable Generator dropout_gen;  // forward is const; dropout draws advance it
   bool merged = false;            // scaling * B A has been added into the layer's weight
+  bool disabled = false;          // bypassed: the layer computes its base weight alone (PEFT's disable_adapter)
 };
 
 class Linear : public Module {
@@ -48,6 +49,9 @@ class Linear : public Module {
   // weight += scaling * B A (the adapter then stops adding its own term), and back.
   void merge_lora();
   void unmerge_lora();
+  // Bypasses the adapter (false) or uses it again (true); its parameters are kept. A merged adapter
+  // cannot be bypassed (its update is in the weight): an error.
+  void set_lora_enabled(bool enabled);
 
   Tensor weight;  // (out, in)
   Tensor bias;    // (out) or undefined

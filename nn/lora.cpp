@@ -131,6 +131,18 @@ void merge_and_unload(Module& model) {
   }
 }
 
+LoraDisabled::LoraDisabled(const Module& model) {
+  for (auto& [name, linear] : lora_layers(model)) {
+    if (linear->lora()->disabled) continue;  // already off (a nested guard): left to its owner
+    linear->set_lora_enabled(false);
+    layers_.push_back(linear);
+  }
+}
+
+LoraDisabled::~LoraDisabled() {
+  for (Linear* linear : layers_) linear->set_lora_enabled(true);
+}
+
 namespace {
 std::string with_commas(int64_t n) {
   std::string digits = std::to_string(n), out;

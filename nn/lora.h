@@ -53,6 +53,20 @@ void unmerge_lora(Module& model);
 // parameters stay frozen; set_requires_grad(true) to train them).
 void merge_and_unload(Module& model);
 
+// While alive, every adapter below `model` is bypassed, so the model computes its base alone (as
+// PEFT's disable_adapter() context): the reference model of a LoRA policy in DPO and GRPO.
+// Adapters are enabled again on destruction. Merged adapters are refused.
+class LoraDisabled {
+ public:
+  explicit LoraDisabled(const Module& model);
+  ~LoraDisabled();
+  LoraDisabled(const LoraDisabled&) = delete;
+  LoraDisabled& operator=(const LoraDisabled&) = delete;
+
+ private:
+  std::vector<Linear*> layers_;
+};
+
 // PEFT's print_trainable_parameters line for `model`, e.g.
 // "trainable params: 294,912 || all params: 124,734,720 || trainable%: 0.2364". Tensors shared
 // by several names (tied embeddings) count once, as in PEFT.

@@ -199,27 +199,6 @@ std::vector<size_t> permutation(size_t n, uint64_t seed) {
   return order;
 }
 
-nn::LoraConfig lora_config_of(const RewardConfig& c, const std::string& model_type) {
-  nn::LoraConfig lc;
-  lc.r = c.lora_r;
-  lc.alpha = c.lora_alpha;
-  lc.dropout = c.lora_dropout;
-  std::string targets = c.lora_targets;
-  if (targets.empty()) targets = model_type == "gpt2" ? "c_attn" : "q_proj,v_proj";  // PEFT's defaults
-  if (targets == "all-linear" || targets.find_first_of("|()*+?[]\\^$") != std::string::npos) {
-    lc.target_regex = targets;
-  } else {
-    size_t start = 0;
-    while (start <= targets.size()) {
-      const size_t comma = std::min(targets.find(',', start), targets.size());
-      if (comma > start) lc.target_modules.push_back(targets.substr(start, comma - start));
-      start = comma + 1;
-    }
-    KOTOBA_CHECK(!lc.target_modules.empty(), "reward: --lora-targets '", c.lora_targets, "' names no layer");
-  }
-  return lc;
-}
-
 struct TokenPair {
   std::vector<int32_t> chosen, rejected;
 };
@@ -336,7 +315,8 @@ RewardTrainer::RewardTrainer(RewardConfig config, RewardOptions options)
 
   // Full fine-tuning of backbone and head, or LoRA on the backbone with the head trained in full.
   if (config_.lora_r > 0) {
-    s.lora = lora_config_of(config_, model.model_type());
+    s.lora = lora_config_from_settings(config_.lora_r, config_.lora_alpha, config_.lora_dropout, config_.lora_targets,
+                                       model.model_type(), "reward");
     nn::apply_lora(model.backbone(), *s.lora, mix64(uint64_t(config_.seed) ^ 0x10a1a17ull));
     model.score.set_requires_grad(true);
   } else {

@@ -242,16 +242,16 @@ struct SftTrainer::State {
   std::vector<LossRow> rows;
 };
 
-chat::ChatTemplate resolve_chat_template(const std::string& choice, const std::string& dir,
-                                         const tokenizer::Tokenizer& tok, const GenerationConfig& generation) {
+chat::ChatTemplate resolve_chat_template(const std::string& name, const std::string& dir, const tokenizer::Tokenizer& tok,
+                                         const GenerationConfig& generation) {
   const std::string config_path = (fs::path(dir) / "tokenizer_config.json").string();
   tokenizer::TokenizerConfig tc;
   const bool has_config = fs::exists(config_path);
   if (has_config) tc = tokenizer::TokenizerConfig::read(config_path);
-  if (choice == "auto" && has_config && !tc.chat_template.empty())
+  if (name == "auto" && has_config && !tc.chat_template.empty())
     return chat::ChatTemplate::from_tokenizer_config(tc, config_path);
   const chat::TemplateStyle style =
-      chat::parse_template_style(choice == "auto" ? std::string("alpaca") : choice);
+      chat::parse_template_style(name == "auto" ? std::string("alpaca") : name);
   // generation_config.json's EOS where the tokenizer has that id (transformers' GPT2Config writes
   // 50256 whatever the tokenizer), else the tokenizer's own.
   std::optional<int32_t> eos = tok.eos_id();
@@ -262,14 +262,13 @@ chat::ChatTemplate resolve_chat_template(const std::string& choice, const std::s
   return chat::ChatTemplate(style, bos, eos_text);
 }
 
-namespace {
-
-nn::LoraConfig lora_config_of(const SftConfig& c, const std::string& model_type) {
+nn::LoraConfig lora_config_from_settings(int64_t r, double alpha, double dropout, const std::string& lora_targets,
+                                         const std::string& model_type, const char* command) {
   nn::LoraConfig lc;
-  lc.r = c.lora_r;
-  lc.alpha = c.lora_alpha;
-  lc.dropout = c.lora_dropout;
-  std::string targets = c.lora_targets;
+  lc.r = r;
+  lc.alpha = alpha;
+  lc.dropout = dropout;
+  std::string targets = lora_targets;
   if (targets.empty()) targets = model_type == "gpt2" ? "c_attn" : "q_proj,v_proj";  // PEFT's defaults
   if (targets == "all-linear" || targets.find_first_of("|()*+?[]\\^$") != std::string::npos) {
     lc.target_regex = targets;
@@ -278,31 +277,39 @@ nn::LoraConfig lora_config_of(const SftConfig& c, const std::string& model_type)
     std::string name;
     while (std::getline(ss, name, ','))
       if (!name.empty()) lc.target_modules.push_back(name);
-    KOTOBA_CHECK(!lc.target_modules.empty(), "sft: --lora-targets '", c.lora_targets, "' names no layer");
+    KOTOBA_CHECK(!lc.target_modules.empty(), command, ": --lora-targets '", lora_targets, "' names no layer");
   }
   return lc;
 }
+
+data::SftTokens tokenize_for_training(const data::SftExample& e, const chat::ChatTemplate& tmpl,
+                                      const tokenizer::Tokenizer& tok, int64_t max_length) {
+  // The Alpaca and plain templates end a reply with a newline, not an end-of-sequence token, so a
+  // model tuned on them alone never learns to stop. As Stanford Alpaca's own training did, the
+  // tokenizer's EOS follows the last reply as one more target; generation then ends on it.
+  const bool append_eos = (tmpl.style() == chat::TemplateStyle::alpaca || tmpl.style() == chat::TemplateStyle::plain) &&
+                          tok.eos_id().has_value();
+  data::SftTokens t = data::tokenize_sft_example(e, tmpl, tok, max_length);
+  if (append_eos && !e.plain_text && !t.truncated && !t.labels.empty() && t.labels.back() != data::kIgnoreLabel) {
+    if (max_length <= 0 || int64_t(t.ids.size()) < max_length) {
+      t.ids.push_back(*tok.eos_id());
+      t.labels.push_back(*tok.eos_id());
+    } else {
+      t.truncated = true;  // no room left for the EOS
+    }
+  }
+  return t;
+}
+
+namespace {
 
 std::vector<data::PackingExample> tokenize_all(const std::vector<data::SftExample>& examples,
                                                const chat::ChatTemplate& tmpl, const tokenizer::Tokenizer& tok,
                                                int64_t max_length, int64_t& truncated, int64_t& dropped) {
   std::vector<data::PackingExample> out;
   out.reserve(examples.size());
-  // The Alpaca and plain templates end a reply with a newline, not an end-of-sequence token, so a
-  // model tuned on them alone never learns to stop. As Stanford Alpaca's own training did, the
-  // tokenizer's EOS follows the last reply as one more target; generation then ends on it.
-  const bool append_eos = (tmpl.style() == chat::TemplateStyle::alpaca || tmpl.style() == chat::TemplateStyle::plain) &&
-                          tok.eos_id().has_value();
   for (const auto& e : examples) {
-    data::SftTokens t = data::tokenize_sft_example(e, tmpl, tok, max_length);
-    if (append_eos && !e.plain_text && !t.truncated && !t.labels.empty() && t.labels.back() != data::kIgnoreLabel) {
-      if (int64_t(t.ids.size()) < max_length) {
-        t.ids.push_back(*tok.eos_id());
-        t.labels.push_back(*tok.eos_id());
-      } else {
-        t.truncated = true;  // no room left for the EOS
-      }
-    }
+    data::SftTokens t = tokenize_for_training(e, tmpl, tok, max_length);
     truncated += t.truncated;
     // An example with no target left after truncation teaches nothing; it is dropped (counted).
     if (std::none_of(t.labels.begin() + 1, t.labels.end(), [](int32_t l) { return l != data::kIgnoreLabel; }))
@@ -376,7 +383,8 @@ SftTrainer::SftTrainer(SftConfig config, SftOptions options)
                  "' quantised; full fine-tuning needs f32 weights (train LoRA adapters on it: set lora_r)");
   }
   if (config_.lora_r > 0) {
-    s.lora = lora_config_of(config_, model.model_type());
+    s.lora = lora_config_from_settings(config_.lora_r, config_.lora_alpha, config_.lora_dropout, config_.lora_targets,
+                                       model.model_type(), "sft");
     nn::apply_lora(model, *s.lora, mix64(uint64_t(config_.seed) ^ 0x10a1a17ull));
   } else {
     model.set_requires_grad(true);

@@ -22,9 +22,14 @@
 
 namespace kotoba::data {
 struct PackingExample;
+struct SftExample;
+struct SftTokens;
 }
 namespace kotoba::tokenizer {
 class Tokenizer;
+}
+namespace kotoba::nn {
+struct LoraConfig;
 }
 
 namespace kotoba::train {
@@ -95,18 +100,28 @@ SftBatch make_sft_batch(std::span<const data::PackingExample* const> examples, i
 nlohmann::json finetuned_tokenizer_config(const tokenizer::Tokenizer& tokenizer, const chat::ChatTemplate& chat_template,
                                           int64_t max_positions, const std::string& base_dir = "");
 
-// The chat template a fine-tuning run uses: `choice` (chatml, llama2, alpaca, plain) or "auto" —
-// the model directory's tokenizer_config.json chat_template, else alpaca — with the tokenizer's
-// (or generation_config.json's) BOS/EOS.
-chat::ChatTemplate resolve_chat_template(const std::string& choice, const std::string& dir,
-                                         const tokenizer::Tokenizer& tok, const GenerationConfig& generation);
-
 // Writes a fine-tuned model directory atomically: save_model_dir's files and a
 // tokenizer_config.json (base_dir's, if it has one) naming the chat template it was tuned with (bos/eos/pad tokens and
 // chat_template), so `kotoba chat` and transformers' apply_chat_template render what it learnt.
 void save_finetuned_model_dir(const std::string& dir, const nn::CausalLM& model, const tokenizer::Tokenizer& tokenizer,
                               const GenerationConfig& generation, const chat::ChatTemplate& chat_template,
                               const std::string& base_dir = "");
+
+// The chat template `name` (chatml, llama2, alpaca, plain, or auto: the model directory's
+// tokenizer_config.json template, else alpaca) for the model directory `dir`, with the tokenizer's
+// (or generation_config.json's) BOS/EOS. Shared by the fine-tuning commands (sft, reward, dpo, grpo).
+chat::ChatTemplate resolve_chat_template(const std::string& name, const std::string& dir,
+                                         const tokenizer::Tokenizer& tokenizer, const GenerationConfig& generation);
+// The LoRA config of the --lora-* settings: targets as names ("q_proj,v_proj"), a regex or
+// all-linear; empty: PEFT's default for `model_type`. `command` names the caller in errors.
+nn::LoraConfig lora_config_from_settings(int64_t r, double alpha, double dropout, const std::string& targets,
+                                         const std::string& model_type, const char* command);
+
+// An example tokenised for training (data::tokenize_sft_example, at most max_length tokens) —
+// with the Alpaca and plain templates, whose replies end in a newline, the tokenizer's EOS added
+// after the last reply as one more target so that the tuned model learns to stop.
+data::SftTokens tokenize_for_training(const data::SftExample& example, const chat::ChatTemplate& chat_template,
+                                      const tokenizer::Tokenizer& tokenizer, int64_t max_length);
 
 // The learning rate at optimizer step `step` (1-based): linear warm-up, then cosine to min_lr.
 double sft_learning_rate(const SftConfig& config, double lr, int64_t step, int64_t total_steps);

@@ -1,0 +1,110 @@
+// Per-token and per-sequence log-probabilities (train/logprobs.h).
+#include "train/logprobs.h"
+
+#include <cmath>
+
+#include "nn/causal_lm.h"
+#include "ops/ops.h"
+
+namespace kotoba::train {
+
+namespace {
+constexpr int32_t kIgnore = -100;
+}
+
+Tensor token_logprobs(const Tensor& logits_in, const Tensor& targets_in) {
+  const char* op = "token_logprobs";
+  KOTOBA_CHECK(logits_in.defined() && targets_in.defined(), op, ": logits and targets must be defined");
+  KOTOBA_CHECK(logits_in.ndim() == 3, op, ": logits must be (B, T, V), got ", shape_str(logits_in.shape()));
+  KOTOBA_CHECK(targets_in.dtype() == DType::i32, op, ": targets must be i32, got ", dtype_name(targets_in.dtype()));
+  KOTOBA_CHECK(targets_in.ndim() == 2 && targets_in.size(0) == logits_in.size(0) && targets_in.size(1) == logits_in.size(1),
+               op, ": targets ", shape_str(targets_in.shape()), " do not match logits ", shape_str(logits_in.shape()));
+  // Other float types go through the differentiable cast, so the gradient reaches them as theirs.
+  if (logits_in.dtype() != DType::f32) return token_logprobs(cast(logits_in, DType::f32), targets_in);
+  const int64_t B = logits_in.size(0), T = logits_in.size(1), V = logits_in.size(2), N = B * T;
+  const Device device = logits_in.device();
+  Tensor logits = device == Device::cpu ? logits_in.contiguous() : to_device(logits_in, Device::cpu);
+  Tensor targets = targets_in.device() == Device::cpu ? targets_in.contiguous() : to_device(targets_in, Device::cpu);
+  const float* x = logits.data<float>();
+  const int32_t* t = targets.data<int32_t>();
+  for (int64_t n = 0; n < N; ++n)
+    KOTOBA_CHECK(t[n] == kIgnore || (t[n] >= 0 && t[n] < V), op, ": target ", t[n], " at (", n / T, ", ", n % T,
+                 ") is outside [0, ", V, ") and is not -100");
+
+  Tensor out = Tensor::zeros({B, T});
+  float* o = out.data<float>();
+  auto lse = std::make_shared<std::vector<double>>(size_t(N), 0.0);
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    if (t[n] == kIgnore) continue;
+    const float* row = x + n * V;
+    double m = row[0];
+    for (int64_t v = 1; v < V; ++v) m = std::max(m, double(row[v]));
+    double s = 0;
+    for (int64_t v = 0; v < V; ++v) s += std::exp(double(row[v]) - m);
+    (*lse)[size_t(n)] = m + std::log(s);
+    o[n] = float(double(row[t[n]]) - (*lse)[size_t(n)]);
+  }
+  if (device != Device::cpu) out = to_device(out, device);
+
+  auto meta = logits_in.autograd_meta();
+  // d log p(t) / d x_v = [v == t] - softmax(x)_v, times the upstream gradient of the row.
+  return record(op, out, {&logits_in}, [meta, logits, targets, lse, B, T, V, device](const Tensor& grad_out) {
+    GradTarget target = grad_target(meta, {B, T, V}, DType::f32, device);
+    if (!target) return;
+    Tensor g = grad_out.device() == Device::cpu ? grad_out.contiguous() : to_device(grad_out, Device::cpu);
+    const float* go = g.data<float>();
+    const float* x = logits.data<float>();
+    const int32_t* t = targets.data<int32_t>();
+    const bool direct = device == Device::cpu;
+    Tensor host = direct ? target.tensor : Tensor::empty({B, T, V});
+    const bool accumulate = direct && target.accumulate;
+    float* d = host.data<float>();
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < B * T; ++n) {
+      float* dr = d + n * V;
+      if (t[n] == kIgnore || go[n] == 0.0f) {
+        if (!accumulate)
+          for (int64_t v = 0; v < V; ++v) dr[v] = 0.0f;
+        continue;
+      }
+      const float* row = x + n * V;
+      const double l = (*lse)[size_t(n)], up = go[n];
+      for (int64_t v = 0; v < V; ++v) {
+        const double value = up * ((v == t[n] ? 1.0 : 0.0) - std::exp(double(row[v]) - l));
+        dr[v] = accumulate ? float(dr[v] + value) : float(value);
+      }
+    }
+    if (!direct) {
+      Tensor moved = to_device(host, device);
+      if (target.accumulate) {
+        NoGradGuard no_grad;
+        moved = add(target.tensor, moved);
+      }
+      target.tensor.copy_from(moved);
+    }
+  });
+}
+
+Tensor row_sums(const Tensor& x) {
+  KOTOBA_CHECK(x.defined() && x.ndim() == 2, "row_sums: expected (B, T), got ",
+               x.defined() ? shape_str(x.shape()) : std::string("an undefined tensor"));
+  const int64_t B = x.size(0), T = x.size(1);
+  Tensor ones = Tensor::full({T, 1}, 1.0f, x.dtype(), x.device());
+  return reshape(matmul(x, ones), {B});
+}
+
+SequenceLogprobs sequence_logprobs(nn::CausalLM& model, const Tensor& ids, const Tensor& targets) {
+  SequenceLogprobs out;
+  out.tokens = token_logprobs(model.logits(ids), targets);
+  out.sums = row_sums(out.tokens);
+  Tensor t = targets.device() == Device::cpu ? targets.contiguous() : to_device(targets, Device::cpu);
+  const int64_t B = t.size(0), T = t.size(1);
+  const int32_t* p = t.data<int32_t>();
+  out.counts.assign(size_t(B), 0);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t i = 0; i < T; ++i) out.counts[size_t(b)] += p[b * T + i] != kIgnore;
+  return out;
+}
+
+}  // namespace kotoba::train
