@@ -177,7 +177,8 @@ struct AdamWArgs {
 // out (m, n) = x (m, k) @ W^T, or out += that when accumulate, with W an (n, k) matrix held
 // quantised in quant/packed.h's layout: per block of `blocksize` columns, f32 scale s and codes
 // (8-bit: int8 c, value s c; 4-bit: two per byte, value s table[c]). Rows of W are row_bytes
-// apart, their scales k / blocksize apart. f32 x and out, on the CPU.
+// apart, their scales k / blocksize apart. f32 x and out on the kernel's device; `table` (16
+// floats) is host memory, which the CUDA kernel copies into its launch.
 struct QuantGemmArgs {
   int64_t m, n, k;
   const float* x; int64_t ldx;

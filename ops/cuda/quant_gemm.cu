@@ -1,0 +1,61 @@
+// CUDA kernel: out (m, n) = x (m, k) @ W^T with W quantised in quant/packed.h's layout (per block
+// of `blocksize` columns an f32 scale; int8 codes, or two 4-bit codes per byte looked up in a
+// 16-entry table, element j of a block's first half in the low nibble of byte j and element
+// j + blocksize/2 in its high nibble). One warp per output element, lanes striding over k; the
+// table travels by value in the launch. All pointers are device memory.
+#include "ops/cuda/common.cuh"
+
+namespace kotoba::cuda {
+namespace {
+
+constexpr int kWarpsPerBlock = 8;
+
+struct Table16 {
+  float v[16];
+};
+
+__global__ void quant_gemm_kernel(const float* x, int64_t ldx, const uint8_t* codes, int64_t row_bytes,
+                                  const float* scales, int64_t blocksize, int bits, Table16 table, float* out,
+                                  int64_t ldo, int64_t m, int64_t n, int64_t k, bool accumulate) {
+  const int lane = threadIdx.x & 31;
+  const int64_t col = int64_t(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
+  const int64_t row = blockIdx.y;
+  if (col >= n || row >= m) return;
+  const uint8_t* w = codes + col * row_bytes;
+  const float* s = scales + col * (k / blocksize);
+  const float* xr = x + row * ldx;
+  const int64_t half = blocksize / 2;
+  float acc = 0.0f;
+  for (int64_t j = lane; j < k; j += 32) {
+    const int64_t b = j / blocksize, i = j % blocksize;
+    float value;
+    if (bits == 8) {
+      value = float(int8_t(w[j]));
+    } else {
+      const uint8_t byte = w[b * half + (i % half)];
+      value = table.v[i < half ? (byte & 15) : (byte >> 4)];
+    }
+    acc += value * s[b] * xr[j];
+  }
+  acc = warp_sum(acc);
+  if (lane == 0) {
+    float* o = out + row * ldo + col;
+    *o = (accumulate ? *o : 0.0f) + acc;
+  }
+}
+
+}  // namespace
+
+void quant_gemm(const QuantGemmArgs& a) {
+  if (a.m == 0 || a.n == 0) return;
+  Table16 table{};
+  if (a.table)
+    for (int i = 0; i < 16; ++i) table.v[i] = a.table[i];  // the table pointer is host memory
+  const dim3 grid(unsigned((a.n + kWarpsPerBlock - 1) / kWarpsPerBlock), unsigned(a.m));
+  quant_gemm_kernel<<<grid, 32 * kWarpsPerBlock, 0, stream()>>>(a.x, a.ldx, a.codes, a.row_bytes, a.scales,
+                                                                a.blocksize, a.bits, table, a.out, a.ldo, a.m, a.n,
+                                                                a.k, a.accumulate);
+  KOTOBA_CUDA_LAUNCHED();
+}
+
+}  // namespace kotoba::cuda
