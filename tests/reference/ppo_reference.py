@@ -74,7 +74,12 @@ def case(rng, g, estimator, whiten_rewards):
     advantages = masked_whiten(advantages, ~padding_mask).masked_fill(padding_mask, 0.0)
 
     # One PPO minibatch step: new log-probabilities near the old ones, some far enough to clip.
-    new_logprobs = (logprobs + r(B, T, s=0.25)).masked_fill(padding_mask, INVALID_LOGPROB).requires_grad_(True)
+    new_logprobs = logprobs + r(B, T, s=0.25)
+    # Some ratio must clip whatever the draw: the token of largest advantage moves to ratio ~1.5
+    # (clipped at 1.2, and for a positive advantage the clipped term is the larger one).
+    best = torch.where(padding_mask, torch.full_like(advantages, -1e9), advantages).argmax()
+    new_logprobs.view(-1)[best] = logprobs.view(-1)[best] + 0.4
+    new_logprobs = new_logprobs.masked_fill(padding_mask, INVALID_LOGPROB).requires_grad_(True)
     vpred = (values + r(B, T, s=0.3)).masked_fill(padding_mask_p1, 0.0).requires_grad_(True)
     vclipped = torch.clamp(vpred, values - c["cliprange_value"], values + c["cliprange_value"])
     vf_losses = torch.max((vpred - returns) ** 2, (vclipped - returns) ** 2)
