@@ -683,6 +683,35 @@ void case_adamw_step(Ctx& c) {
   expect_close(c, "v", Vv, {1e-8f, 1e-5f});
 }
 
+void case_quant_gemm(Ctx& c) {
+  if (c.dt != DType::f32) return;  // quantised weights multiply f32 activations only
+  const int64_t n = 37, k = 128;
+  const float table[16] = {-1.0f, -0.7f, -0.5f, -0.4f, -0.3f, -0.2f, -0.1f, 0.0f,
+                           0.08f, 0.16f, 0.25f, 0.34f, 0.44f, 0.56f, 0.72f, 1.0f};
+  for (int bits : {8, 4}) {
+    for (int64_t m : {1, 5}) {
+      for (bool acc : {false, true}) {
+        const int64_t blocksize = bits == 8 ? 32 : 64, row_bytes = bits == 8 ? k : k / 2;
+        Buf X(DType::f32, size_t(m * k)), S(DType::f32, size_t(n * k / blocksize)), O(DType::f32, size_t(m * n));
+        Buf W(DType::i8, size_t(n * row_bytes));
+        X.set(c.uniform(size_t(m * k), -1, 1));
+        S.set(c.uniform(size_t(n * k / blocksize), 0.01f, 0.1f));
+        O.set(c.uniform(size_t(m * n), -1, 1));
+        std::vector<float> bytes = c.ints(size_t(n * row_bytes), 0, 255);
+        for (size_t i = 0; i < bytes.size(); ++i) W.h_as<uint8_t>()[i] = uint8_t(bytes[i]);
+        W.upload();
+        QuantGemmArgs a{m, n, k, X.h_as<float>(), k, W.h_as<uint8_t>(), row_bytes, S.h_as<float>(), blocksize, bits,
+                        table, O.h_as<float>(), n, acc};
+        cpu().quant_gemm(a);
+        a.x = X.d_as<float>(), a.codes = W.d_as<uint8_t>(), a.scales = S.d_as<float>(), a.out = O.d_as<float>();
+        gpu().quant_gemm(a);
+        c.label = "quant_gemm bits=" + std::to_string(bits) + " m=" + std::to_string(m) + " acc=" + std::to_string(acc);
+        expect_close(c, "out", O, {1e-5f, 1e-5f});
+      }
+    }
+  }
+}
+
 using CaseFn = void (*)(Ctx&);
 // dtypes each case runs with (adamw: the gradient's dtype).
 const std::map<Kernel, CaseFn>& cases() {
@@ -712,6 +741,7 @@ const std::map<Kernel, CaseFn>& cases() {
       {Kernel::dropout_forward, case_dropout_forward},
       {Kernel::dropout_backward, case_dropout_backward},
       {Kernel::adamw_step, case_adamw_step},
+      {Kernel::quant_gemm, case_quant_gemm},
   };
   return table;
 }
