@@ -9,6 +9,7 @@ is downloaded. Each mode prints one JSON object on stdout (or writes the files i
   check HFDIR PROMPT N OUTDIR GGUF...   for each GGUF: GGUFReader's view, llama.cpp's tokens,
                             logits and greedy continuation, compared with transformers on HFDIR
 """
+import contextlib
 import json
 import os
 import sys
@@ -197,8 +198,9 @@ def check(hf_dir, prompt, n, out_dir, ggufs):
         for t in reader.tensors:
             gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32).tofile(
                 os.path.join(tensor_dir, t.name + ".f32"))
-        llm = llama_cpp.Llama(model_path=path, n_ctx=64, n_batch=64, logits_all=True, verbose=False, n_threads=2,
-                              type_k=0, type_v=0)  # an f32 KV cache: f16 would round keys and values
+        with llama_cpp_without_repacking():
+            llm = llama_cpp.Llama(model_path=path, n_ctx=64, n_batch=64, logits_all=True, verbose=False,
+                                  n_threads=2, type_k=0, type_v=0)  # an f32 KV cache: f16 would round keys and values
         entry["llama_prompt_ids"] = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=False)
         llm.eval(ids)
         logits = np.array(llm.scores[: llm.n_tokens], dtype=np.float64)
@@ -214,6 +216,33 @@ def check(hf_dir, prompt, n, out_dir, ggufs):
         result["files"][path] = entry
     with open(os.path.join(out_dir, "check.json"), "w") as f:
         json.dump(result, f)
+
+
+@contextlib.contextmanager
+def llama_cpp_without_repacking():
+    """llama.cpp's CPU backend repacks Q8_0/Q4_0 weights into interleaved layouts at load time;
+    in llama-cpp-python 0.3.36 that path crashes (SIGSEGV in llama_decode) on the tests' tiny
+    models, while the plain Q8_0 kernels read the same file correctly. The comparison is about the
+    file and the model's numbers, not the repacked kernels: load with use_extra_bufts off where
+    the binding has the field."""
+    import llama_cpp.llama_cpp as binding
+
+    default = binding.llama_model_default_params
+    fields = [f[0] for f in binding.llama_model_params._fields_]
+    if "use_extra_bufts" not in fields:
+        yield
+        return
+
+    def without_repacking():
+        params = default()
+        params.use_extra_bufts = False
+        return params
+
+    binding.llama_model_default_params = without_repacking
+    try:
+        yield
+    finally:
+        binding.llama_model_default_params = default
 
 
 if __name__ == "__main__":
