@@ -149,7 +149,7 @@ struct GenerationOptions {
   uint64_t seed = 0;
   // generate_batch: prompt p's Generator is seeded with prompt_seeds[p] instead (one per prompt),
   // so that prompts batched together, even equal ones, draw independently. Empty: `seed` for all.
-  std::vector<uint64_t> prompt_seeds;
+  std::vector<uint64_t> prompt_seeds = {};
   bool use_kv_cache = true;  // false recomputes each whole sequence per token (checks, benchmarks)
   ScoresObserver observe_scores = {};  // empty: nothing observes
 };
