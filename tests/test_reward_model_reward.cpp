@@ -95,14 +95,12 @@ TEST(RewardModelScorer, ScoresEqualRewardModelRowByRowAndKotobaScore) {
   std::vector<std::vector<chat::Message>> prompts = {
       {{"user", kt::rule_prompt(task.train_inputs[0]), ""}},
       {{"user", kt::rule_prompt(task.train_inputs[1]), ""}},
-      {{"user", kt::rule_prompt(task.train_inputs[2]), ""},
-       {"assistant", task.sft_replies[2], ""},
-       {"user", kt::rule_prompt(task.train_inputs[3]), ""}},
+      {{"user", "Colour for: a b", ""}, {"assistant", "a red", ""}, {"user", "and c?", ""}},
       {{"user", kt::rule_prompt(task.train_inputs[4]), ""}},
       {{"user", kt::rule_prompt(task.train_inputs[5]), ""}},
   };
   const std::vector<std::string> replies = {task.train_inputs[0].substr(0, 1) + " gold", "b red",
-                                            "c blue and then some more words", "", "e green gold green"};
+                                            "c blue and more", "", "e green gold green"};
   std::vector<train::RewardInput> inputs;
   for (size_t i = 0; i < prompts.size(); ++i) inputs.push_back({&prompts[i], replies[i]});
 
@@ -136,6 +134,10 @@ TEST(RewardModelScorer, ScoresEqualRewardModelRowByRowAndKotobaScore) {
   // The RewardFunction gives the same numbers.
   const std::vector<double> as_reward = train::reward_model_reward(rm, 1024, 2)(inputs);
   for (size_t i = 0; i < inputs.size(); ++i) EXPECT_EQ(as_reward[i], double(scores[i])) << i;
+
+  // A sampled reply that is not valid UTF-8 is read with U+FFFD in place of the bad bytes.
+  EXPECT_EQ(scorer.tokenize(prompts[0], "a \xff gold\xe3\x81", "row"),
+            scorer.tokenize(prompts[0], "a \xEF\xBF\xBD gold\xEF\xBF\xBD\xEF\xBF\xBD", "row"));
 
   // A cut sequence is counted, and read at the cut.
   train::RewardModelScorer short_scorer(rm, "auto", 6, 2);
@@ -260,13 +262,18 @@ TEST(RewardModelReward, BadInputsAreNamed) {
   EXPECT_THROW(train::RewardModelScorer(base.string(), "auto", 0), Error);
   EXPECT_THROW(train::RewardModelScorer(base.string(), "auto", 64, 0), Error);
 
-  // A tokenizer with ids beyond the model's vocabulary.
+  // A tokenizer with ids beyond the model's vocabulary: a reward model saved with a tokenizer of
+  // fewer tokens, then given the base's tokenizer.json.
   const std::string small = (root / "small_vocab_rm").string();
   {
-    tokenizer::Tokenizer tok = tokenizer::Tokenizer::load_dir(base.string());
-    ASSERT_GT(tok.vocab_size(), 100);
+    tokenizer::TrainOptions options;
+    options.vocab_size = 262;
+    options.show_progress = false;
+    options.threads = 1;
+    tokenizer::Tokenizer small_tok = tokenizer::Tokenizer::train({(root / "corpus.txt").string()}, options);
+    ASSERT_LT(small_tok.vocab_size(), tokenizer::Tokenizer::load_dir(base.string()).vocab_size());
     nn::LlamaConfig mc;
-    mc.vocab_size = 40;
+    mc.vocab_size = small_tok.vocab_size();
     mc.hidden_size = 16;
     mc.intermediate_size = 32;
     mc.num_hidden_layers = 1;
@@ -274,18 +281,16 @@ TEST(RewardModelReward, BadInputsAreNamed) {
     mc.max_position_embeddings = 64;
     mc.seed = seed;
     nn::RewardModel model(std::make_unique<nn::Llama>(mc), std::nullopt, 0.02f, seed);
-    save_reward_model_dir(small, model, tok);
+    save_reward_model_dir(small, model, small_tok);
+    fs::copy_file(base / "tokenizer.json", fs::path(small) / "tokenizer.json", fs::copy_options::overwrite_existing);
   }
-  std::vector<chat::Message> prompt = {{"user", kt::rule_prompt(task.train_inputs[0]), ""}};
   try {
     train::RewardModelScorer scorer(small, "plain");
-    scorer.score({{&prompt, "a red"}, {&prompt, "a gold"}});
-    FAIL() << "token ids beyond the reward model's vocabulary were accepted";
+    FAIL() << "a tokenizer with ids beyond the reward model's vocabulary was accepted";
   } catch (const Error& e) {
     const std::string what = e.what();
-    EXPECT_NE(what.find("outside the vocabulary"), std::string::npos) << what;
-    EXPECT_NE(what.find(small), std::string::npos) << what;
-    EXPECT_NE(what.find("reward input 0"), std::string::npos) << what;
+    EXPECT_NE(what.find((fs::path(small) / "tokenizer.json").string()), std::string::npos) << what;
+    EXPECT_NE(what.find("vocab_size"), std::string::npos) << what;
   }
 
   // GRPO: exactly one reward; a missing reward model is named with its flag.

@@ -9,6 +9,7 @@
 
 #include "core/error.h"
 #include "core/tensor.h"
+#include "core/utf8.h"
 #include "data/instruct_data.h"
 #include "data/preference_data.h"
 #include "io/reward_model_dir.h"
@@ -55,10 +56,14 @@ const chat::ChatTemplate& RewardModelScorer::chat_template() const { return *sta
 std::vector<int32_t> RewardModelScorer::tokenize(const std::vector<chat::Message>& prompt, const std::string& reply,
                                                  const std::string& where) {
   State& s = *state_;
+  // Sampled replies need not be valid UTF-8 (byte-level tokens may stop inside a character): such
+  // bytes become U+FFFD, as a decode with errors="replace" (TRL's) gives them to a reward model.
   data::PreferencePair pair;
   pair.prompt = prompt;
+  for (chat::Message& m : pair.prompt) m.content = replace_invalid_utf8(m.content);
   pair.where = where;
-  data::SftTokens t = data::tokenize_sft_example(data::preference_example(pair, reply), *s.tmpl, *s.tok, max_length_);
+  data::SftTokens t = data::tokenize_sft_example(data::preference_example(pair, replace_invalid_utf8(reply)), *s.tmpl,
+                                                 *s.tok, max_length_);
   truncated_ += t.truncated;
   const int64_t vocab = s.loaded.model->backbone().vocab_size();
   for (int32_t id : t.ids)

@@ -37,7 +37,8 @@ class RewardModelScorer {
   RewardModelScorer(const RewardModelScorer&) = delete;
   RewardModelScorer& operator=(const RewardModelScorer&) = delete;
 
-  // The tokens of `prompt` followed by the assistant's `reply`, as they are scored. A sequence
+  // The tokens of `prompt` followed by the assistant's `reply`, as they are scored (bytes that are
+  // not valid UTF-8, as a sampled reply may hold, are read as U+FFFD). A sequence
   // longer than max_length() is cut and counted in truncated(); a token id outside the model's
   // vocabulary is an Error naming `where` and the directory.
   std::vector<int32_t> tokenize(const std::vector<chat::Message>& prompt, const std::string& reply,
