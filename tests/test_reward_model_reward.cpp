@@ -1,8 +1,8 @@
 // A trained reward model as the reward of RL (train/reward_model_reward.h): the scorer's tokens
 // and rewards against the template rendered by hand and RewardModel::rewards row by row, and
-// against `kotoba score`; GRPO whose only reward is a small reward model trained on the hidden rule
-// learns the rule; and the errors a user meets (two rewards, a missing directory, a tokenizer that
-// does not fit the model).
+// against `kotoba score`; GRPO whose only reward is a small reward model trained on the hidden
+// rule raises that model's score; and the errors a user meets (two rewards, a missing directory, a
+// tokenizer that does not fit the model).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -183,9 +183,9 @@ TEST(RewardModelScorer, ScoresEqualRewardModelRowByRowAndKotobaScore) {
 // ---- GRPO from a trained reward model ----
 
 // The policy (SFT on the rule task: it almost never ends with the rule's word) is trained by GRPO
-// whose only reward is a reward model trained on the rule's preference pairs: the reward model's
-// mean score of held-out samples rises, and so does the share that follows the rule.
-TEST(RewardModelReward, GrpoWithATrainedRewardModelLearnsTheHiddenRule) {
+// whose only reward is a reward model trained on the rule's preference pairs (checked: it ranks
+// held-out pairs right): the reward model's mean score of held-out samples rises far.
+TEST(RewardModelReward, GrpoRaisesTheScoreOfATrainedRewardModel) {
   const auto start = std::chrono::steady_clock::now();
   const uint64_t seed = kt::test_seed();
   const fs::path root = scratch("grpo");

@@ -407,7 +407,8 @@ void GrpoTrainer::setup(std::vector<data::PreferencePair> prompts, std::vector<d
   if (options_.reward) {
     s.reward = options_.reward;
   } else {
-    const int given = int(!config_.reward.empty()) + int(!config_.reward_cmd.empty()) + int(!config_.reward_model.empty());
+    const int given =
+        int(!config_.reward.empty()) + int(!config_.reward_cmd.empty()) + int(!config_.reward_model.empty());
     KOTOBA_CHECK(given == 1, "grpo: give exactly one reward (", given,
                  " given): --reward (ends-with:TEXT, contains:TEXT, regex:PATTERN), --reward-cmd CMD or "
                  "--reward-model RM_DIR (config keys reward, reward_cmd, reward_model)");
