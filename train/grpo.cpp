@@ -35,6 +35,7 @@
 #include "train/loss_log.h"
 #include "train/optim.h"
 #include "train/plot.h"
+#include "train/reward_model_reward.h"
 #include "train/rollout.h"
 #include "train/sft.h"
 
@@ -191,6 +192,8 @@ std::span<const ConfigField<GrpoConfig>> grpo_config_fields() {
       {"reward", &C::reward, "a rule reward: ends-with:TEXT, contains:TEXT or regex:PATTERN (1 or 0)", true},
       {"reward_cmd", &C::reward_cmd,
        "a checker command: JSONL {prompt, completion} on stdin, one score a line on stdout", true},
+      {"reward_model", &C::reward_model,
+       "a reward-model directory (`kotoba reward`'s OUT/model): its score of prompt + completion", true},
       {"num_generations", &C::num_generations, "completions sampled per prompt (the group)", true},
       {"max_completion_length", &C::max_completion_length, "tokens per completion at most", true},
       {"temperature", &C::temperature, "sampling temperature", true},
@@ -395,10 +398,23 @@ void GrpoTrainer::setup(std::vector<data::PreferencePair> prompts, std::vector<d
   if (options_.reward) {
     s.reward = options_.reward;
   } else {
-    KOTOBA_CHECK(config_.reward.empty() != config_.reward_cmd.empty(),
-                 "grpo: give exactly one reward: --reward (ends-with:TEXT, contains:TEXT, regex:PATTERN) or "
-                 "--reward-cmd CMD");
-    s.reward = config_.reward.empty() ? command_reward(config_.reward_cmd) : rule_reward(config_.reward);
+    const int given =
+        int(!config_.reward.empty()) + int(!config_.reward_cmd.empty()) + int(!config_.reward_model.empty());
+    KOTOBA_CHECK(given == 1, "grpo: give exactly one reward (", given,
+                 " given): --reward (ends-with:TEXT, contains:TEXT, regex:PATTERN), --reward-cmd CMD or "
+                 "--reward-model RM_DIR (config keys reward, reward_cmd, reward_model)");
+    if (!config_.reward.empty()) {
+      s.reward = rule_reward(config_.reward);
+    } else if (!config_.reward_cmd.empty()) {
+      s.reward = command_reward(config_.reward_cmd);
+    } else {
+      config_.reward_model = fs::absolute(config_.reward_model).lexically_normal().string();
+      try {
+        s.reward = reward_model_reward(config_.reward_model, 1024, 16, options_.log);
+      } catch (const Error& e) {
+        throw Error(detail::concat("grpo: --reward-model (config key reward_model): ", e.what()));
+      }
+    }
   }
   s.loss.epsilon_low = config_.epsilon;
   s.loss.epsilon_high = config_.epsilon_high > 0 ? config_.epsilon_high : config_.epsilon;

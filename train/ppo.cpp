@@ -39,6 +39,7 @@
 #include "train/optim.h"
 #include "train/plot.h"
 #include "train/ppo_math.h"
+#include "train/reward_model_reward.h"
 #include "train/rollout.h"
 #include "train/sft.h"
 
@@ -336,7 +337,11 @@ void PpoTrainer::setup(std::vector<data::PreferencePair> prompts, std::vector<da
     if (!config_.reward_cmd.empty()) s.reward = command_reward(config_.reward_cmd);
     if (!config_.reward_model.empty()) {
       config_.reward_model = fs::absolute(config_.reward_model).lexically_normal().string();
-      KOTOBA_CHECK(false, "REWARD_MODEL_PENDING");
+      try {
+        s.reward = reward_model_reward(config_.reward_model, 1024, 16, options_.log);
+      } catch (const Error& e) {
+        throw Error(detail::concat("ppo: --reward-model (config key reward_model): ", e.what()));
+      }
     }
   }
 
