@@ -1,5 +1,5 @@
 // `kotoba grpo`: group-relative policy optimisation of a model directory on prompts, with a rule
-// reward or a checker command, fully or with LoRA. Every flag is a field of train::GrpoConfig
+// reward, a checker command or a trained reward model, fully or with LoRA. Every flag is a field of train::GrpoConfig
 // (and a key of the --config file); the loop is train/grpo.
 #include <cmath>
 #include <iostream>
@@ -22,7 +22,8 @@ using kotoba::cli::Flags;
 namespace {
 
 int usage() {
-  std::cout << "kotoba grpo --model SFT_DIR --data prompts.jsonl --out DIR (--reward ends-with:WORD | --reward-cmd CMD)\n"
+  std::cout << "kotoba grpo --model SFT_DIR --data prompts.jsonl --out DIR\n"
+               "            (--reward ends-with:WORD | --reward-cmd CMD | --reward-model RM_DIR)\n"
                "            [--num-generations 8] [--beta 0] [--loss-type dapo] [--lora-r 8] [--config cfg.json]\n"
                "            [flags] [--resume] [--json] [--quiet]\n"
                "  Group-relative policy optimisation (TRL's GRPO): for each prompt the model samples\n"
@@ -30,7 +31,9 @@ int usage() {
                "  the rewards relative to their group, and the model follows PPO's clipped surrogate (no value\n"
                "  model), optionally held to the starting model by a KL term (--beta). Rewards: --reward\n"
                "  ends-with:TEXT, contains:TEXT or regex:PATTERN (1 or 0), or --reward-cmd CMD, a checker that\n"
-               "  reads {\"prompt\": [...], \"completion\": \"...\"} JSON lines on stdin and prints one score a line.\n"
+               "  reads {\"prompt\": [...], \"completion\": \"...\"} JSON lines on stdin and prints one score a line,\n"
+               "  or --reward-model RM_DIR, a reward model (`kotoba reward`'s OUT/model) scoring prompt + completion\n"
+               "  through its own chat template as `kotoba score` does. Exactly one of the three.\n"
                "  Data: JSONL/JSON records with a prompt (string or conversation). Writes OUT/model (full) or\n"
                "  OUT/adapter (LoRA), OUT/loss.csv, loss.png, metrics.csv (reward, kl, clip ratio), reward.png\n"
                "  and OUT/checkpoint (--resume continues it).\n"
@@ -69,7 +72,10 @@ int cmd_grpo(const cli::Args& args) {
              << chat::template_style_name(trainer.chat_template().style()) << "; "
              << trainer.trainable_parameters_report() << "; GRPO " << config.loss_type << ", "
              << config.num_generations << " completions per prompt, beta " << config.beta << ", epsilon "
-             << config.epsilon << "; reward " << (config.reward.empty() ? "command: " + config.reward_cmd : config.reward)
+             << config.epsilon << "; reward "
+             << (!config.reward.empty()       ? config.reward
+                 : !config.reward_cmd.empty() ? "command: " + config.reward_cmd
+                                              : "model: " + config.reward_model)
              << "; " << trainer.total_steps() << " steps of " << config.batch << " prompts x " << config.grad_accum
              << " accumulated; " << num_threads() << " threads" << std::endl;
   train::GrpoResult result = trainer.run();

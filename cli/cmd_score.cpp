@@ -14,15 +14,9 @@
 #include "cli/command.h"
 #include "core/atomic_file.h"
 #include "core/parallel.h"
-#include "data/instruct_data.h"
 #include "data/preference_data.h"
 #include "io/json_util.h"
-#include "io/reward_model_dir.h"
-#include "nn/reward_model.h"
-#include "ops/ops.h"
-#include "tokenizer/tokenizer.h"
-#include "train/reward.h"
-#include "train/sft.h"
+#include "train/reward_model_reward.h"
 
 using namespace kotoba;
 using kotoba::cli::Flags;
@@ -162,48 +156,14 @@ int cmd_score(const cli::Args& args) {
     }
   }
 
-  const std::string model_dir = flags.str("model");
-  LoadedRewardModel loaded = load_reward_model_dir(model_dir);
-  nn::RewardModel& model = *loaded.model;
-  model.set_training(false);
-  tokenizer::Tokenizer tok = tokenizer::Tokenizer::load_dir(model_dir);
-  const chat::ChatTemplate tmpl =
-      train::resolve_chat_template(flags.str("chat-template", "auto"), model_dir, tok, GenerationConfig{});
-  const int32_t pad = int32_t(model.pad_token_id().value_or(tok.pad_id().value_or(tok.eos_id().value_or(0))));
-
+  train::RewardModelScorer scorer(flags.str("model"), flags.str("chat-template", "auto"), max_length, batch);
   // Every sequence to score: the response (or chosen, then rejected) after its prompt.
   std::vector<std::vector<int32_t>> sequences;
-  int64_t truncated = 0;
   for (const Item& item : items) {
-    for (const std::string* reply : {&item.pair.chosen, &item.pair.rejected}) {
-      if (!preference && reply == &item.pair.rejected) continue;
-      data::SftTokens t = data::tokenize_sft_example(data::preference_example(item.pair, *reply), tmpl, tok, max_length);
-      truncated += t.truncated;
-      for (int32_t id : t.ids)
-        KOTOBA_CHECK(id < model.backbone().vocab_size(), item.pair.where, ": token id ", id,
-                     " is outside the model's vocabulary");
-      sequences.push_back(std::move(t.ids));
-    }
+    sequences.push_back(scorer.tokenize(item.pair.prompt, item.pair.chosen, item.pair.where));
+    if (preference) sequences.push_back(scorer.tokenize(item.pair.prompt, item.pair.rejected, item.pair.where));
   }
-  std::vector<float> scores;
-  {
-    NoGradGuard no_grad;
-    for (size_t begin = 0; begin < sequences.size(); begin += size_t(batch)) {
-      const size_t end = std::min(sequences.size(), begin + size_t(batch));
-      size_t longest = 0;
-      for (size_t i = begin; i < end; ++i) longest = std::max(longest, sequences[i].size());
-      std::vector<int32_t> ids((end - begin) * longest, pad);
-      std::vector<int64_t> lengths;
-      for (size_t i = begin; i < end; ++i) {
-        std::copy(sequences[i].begin(), sequences[i].end(), ids.begin() + ptrdiff_t((i - begin) * longest));
-        lengths.push_back(int64_t(sequences[i].size()));
-        // Read where transformers reads: the last token that is not the pad token.
-        while (lengths.back() > 1 && sequences[i][size_t(lengths.back() - 1)] == pad) --lengths.back();
-      }
-      Tensor ids_t = Tensor::from_vector_i32(ids, {int64_t(end - begin), int64_t(longest)});
-      for (float r : model.rewards(ids_t, lengths).to_vector()) scores.push_back(r);
-    }
-  }
+  const std::vector<float> scores = scorer.score_tokens(sequences);
 
   std::string output;
   int64_t correct = 0;
@@ -235,8 +195,9 @@ int cmd_score(const cli::Args& args) {
   if (preference)
     std::fprintf(stderr, "accuracy: %.2f%% (%lld of %zu pairs ranked right)\n",
                  100.0 * double(correct) / double(items.size()), (long long)correct, items.size());
-  if (truncated > 0) std::fprintf(stderr, "warning: %lld sequences were cut at --max-length %lld\n",
-                                  (long long)truncated, (long long)max_length);
+  if (scorer.truncated() > 0)
+    std::fprintf(stderr, "warning: %lld sequences were cut at --max-length %lld\n", (long long)scorer.truncated(),
+                 (long long)scorer.max_length());
   return 0;
 }
 

@@ -3,6 +3,9 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include <numeric>
+#include <utility>
+#include <vector>
 
 namespace kotoba {
 
@@ -40,5 +43,17 @@ class Generator {
   uint64_t seed_ = 0;
   uint64_t offset_ = 0;
 };
+
+// A permutation of [0, n) drawn from `seed` (Fisher-Yates on counter-based draws): the example
+// order of an epoch in every trainer.
+inline std::vector<size_t> permutation(size_t n, uint64_t seed) {
+  std::vector<size_t> order(n);
+  std::iota(order.begin(), order.end(), size_t(0));
+  for (size_t i = n; i > 1; --i) {
+    const size_t j = size_t(mix64(seed + i) % i);
+    std::swap(order[i - 1], order[j]);
+  }
+  return order;
+}
 
 }  // namespace kotoba

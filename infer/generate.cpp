@@ -375,7 +375,10 @@ void decode_greedy_or_sampled(nn::CausalLM& model, const std::vector<std::vector
                               const BatchTokenCallback& on_token, std::vector<GenerationResult>& results,
                               Timing& timing) {
   const int64_t V = model.vocab_size(), R = o.num_return_sequences;
-  std::vector<Generator> generators(prompts.size(), Generator(o.seed));
+  KOTOBA_CHECK(o.prompt_seeds.empty() || o.prompt_seeds.size() == prompts.size(), "generate: ", o.prompt_seeds.size(),
+               " prompt seeds for ", prompts.size(), " prompts");
+  std::vector<Generator> generators;
+  for (size_t p = 0; p < prompts.size(); ++p) generators.emplace_back(o.prompt_seeds.empty() ? o.seed : o.prompt_seeds[p]);
   std::vector<std::vector<int32_t>> started;  // the prompts with something to generate
   std::vector<SampledRow> rows;
   std::vector<int64_t> expand;  // prefill row -> sequence rows

@@ -147,6 +147,9 @@ struct GenerationOptions {
   // Each prompt draws from its own Generator seeded with `seed`: a prompt's samples depend on
   // the prompt and the seed only, not on what it is batched with.
   uint64_t seed = 0;
+  // generate_batch: prompt p's Generator is seeded with prompt_seeds[p] instead (one per prompt),
+  // so that prompts batched together, even equal ones, draw independently. Empty: `seed` for all.
+  std::vector<uint64_t> prompt_seeds = {};
   bool use_kv_cache = true;  // false recomputes each whole sequence per token (checks, benchmarks)
   ScoresObserver observe_scores = {};  // empty: nothing observes
 };

@@ -19,6 +19,10 @@ Tensor CausalLM::hidden_states(const Tensor&) {
   throw Error(detail::concat(model_type(), ": this model does not expose its hidden states"));
 }
 
+Tensor CausalLM::head_logits(const Tensor&) {
+  throw Error(detail::concat(model_type(), ": this model does not expose its LM head"));
+}
+
 Tensor CausalLM::packed_loss(const PackedBatch& batch) {
   KOTOBA_CHECK(batch.targets.defined() && batch.targets.shape() == batch.ids.shape(), model_type(),
                ": packed targets shape ", batch.targets.defined() ? shape_str(batch.targets.shape()) : "(undefined)",

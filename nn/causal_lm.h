@@ -61,6 +61,9 @@ class CausalLM : public Module {
   // ids (B, T) i32 -> the final hidden states (B, T, C) the LM head reads (after the last norm):
   // what a sequence-classification head (nn/reward_model.h) reads instead of the logits.
   virtual Tensor hidden_states(const Tensor& ids);
+  // hidden (B, T, C) from hidden_states -> logits (B, T, V): the LM head alone, so that a caller
+  // reading both (a policy with a value head) runs the network once.
+  virtual Tensor head_logits(const Tensor& hidden);
   // Mean next-token cross-entropy over the batch's targets != -100, i.e. the token-weighted mean
   // of the examples' losses. Like loss(), the logits buffer is reused for their gradient.
   Tensor packed_loss(const PackedBatch& batch);

@@ -114,6 +114,8 @@ Tensor GPT2::hidden(const Tensor& ids, const Tensor& positions, const Tensor& se
 
 Tensor GPT2::logits(const Tensor& ids) { return linear(hidden(ids), wte.weight); }
 
+Tensor GPT2::head_logits(const Tensor& hidden) { return linear(hidden, wte.weight); }
+
 Tensor GPT2::packed_logits(const Tensor& ids, const Tensor& positions, const Tensor& segments) {
   check_packed_call(ids, positions, segments);
   return linear(hidden(ids, positions, segments), wte.weight);

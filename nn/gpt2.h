@@ -79,6 +79,7 @@ class GPT2 : public CausalLM {
   // Learned position embeddings are looked up at the given (restarting) positions.
   Tensor packed_logits(const Tensor& ids, const Tensor& positions, const Tensor& segments) override;
   Tensor hidden_states(const Tensor& ids) override { return hidden(ids); }
+  Tensor head_logits(const Tensor& hidden) override;
   KVCache make_kv_cache(int64_t batch, int64_t max_len = 0) const override;
   Tensor logits_cached(const Tensor& ids, KVCache& cache, bool last_only = false) override;
 

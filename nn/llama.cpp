@@ -210,6 +210,8 @@ Tensor Llama::logits(const Tensor& ids) {
   return linear(hidden_states(ids), output_weight());
 }
 
+Tensor Llama::head_logits(const Tensor& hidden) { return linear(hidden, output_weight()); }
+
 Tensor Llama::hidden_states(const Tensor& ids) {
   KOTOBA_CHECK(ids.ndim() == 2 && ids.dtype() == DType::i32, config_.model_type, ": ids must be (B, T) i32, got ",
                dtype_name(ids.dtype()), " ", shape_str(ids.shape()));

@@ -107,6 +107,7 @@ class Llama : public CausalLM {
   // Rotary positions are the given (restarting) ones.
   Tensor packed_logits(const Tensor& ids, const Tensor& positions, const Tensor& segments) override;
   Tensor hidden_states(const Tensor& ids) override;
+  Tensor head_logits(const Tensor& hidden) override;
   KVCache make_kv_cache(int64_t batch, int64_t max_len = 0) const override;
   Tensor logits_cached(const Tensor& ids, KVCache& cache, bool last_only = false) override;
 

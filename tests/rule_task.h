@@ -169,18 +169,11 @@ inline double rule_rate(nn::CausalLM& model, const tokenizer::Tokenizer& tok, co
   if (tok.eos_id()) o.eos_token_ids = {*tok.eos_id()};
   o.stop_strings = tmpl.stop_strings();
   o.detokenize = [&tok](std::span<const int32_t> ids) { return tok.decode(ids); };
-  // generate_batch seeds every prompt's sampler alike, so one batch would draw the same uniforms
-  // for every prompt; sampled answers are drawn prompt by prompt with seeds of their own.
+  // Sampled answers: each prompt draws from a seed of its own, all in one batch.
   const std::vector<std::vector<int32_t>> prompts = rule_test_prompts(tok, tmpl, task);
-  std::vector<infer::GenerationResult> results;
-  if (sample) {
-    for (size_t i = 0; i < prompts.size(); ++i) {
-      o.seed = mix64(seed ^ mix64(i + 1));
-      results.push_back(infer::generate_batch(model, {prompts[i]}, o)[0]);
-    }
-  } else {
-    results = infer::generate_batch(model, prompts, o);
-  }
+  if (sample)
+    for (size_t i = 0; i < prompts.size(); ++i) o.prompt_seeds.push_back(mix64(seed ^ mix64(i + 1)));
+  const std::vector<infer::GenerationResult> results = infer::generate_batch(model, prompts, o);
   int hits = 0;
   for (const auto& r : results) {
     const infer::GeneratedSequence& s = r.sequences[0];

@@ -242,16 +242,6 @@ struct TokenPair {
   data::PackingExample chosen, rejected;
 };
 
-std::vector<size_t> permutation(size_t n, uint64_t seed) {  // as train/sft.cpp's
-  std::vector<size_t> order(n);
-  std::iota(order.begin(), order.end(), size_t(0));
-  for (size_t i = n; i > 1; --i) {
-    const size_t j = size_t(mix64(seed + i) % i);
-    std::swap(order[i - 1], order[j]);
-  }
-  return order;
-}
-
 constexpr const char* kStateFormat = "kotoba-dpo-checkpoint";
 constexpr int kStateVersion = 1;
 constexpr const char* kMetricsHeader =

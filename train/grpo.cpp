@@ -35,6 +35,8 @@
 #include "train/loss_log.h"
 #include "train/optim.h"
 #include "train/plot.h"
+#include "train/reward_model_reward.h"
+#include "train/rollout.h"
 #include "train/sft.h"
 
 namespace kotoba::train {
@@ -190,6 +192,8 @@ std::span<const ConfigField<GrpoConfig>> grpo_config_fields() {
       {"reward", &C::reward, "a rule reward: ends-with:TEXT, contains:TEXT or regex:PATTERN (1 or 0)", true},
       {"reward_cmd", &C::reward_cmd,
        "a checker command: JSONL {prompt, completion} on stdin, one score a line on stdout", true},
+      {"reward_model", &C::reward_model,
+       "a reward-model directory (`kotoba reward`'s OUT/model): its score of prompt + completion", true},
       {"num_generations", &C::num_generations, "completions sampled per prompt (the group)", true},
       {"max_completion_length", &C::max_completion_length, "tokens per completion at most", true},
       {"temperature", &C::temperature, "sampling temperature", true},
@@ -281,16 +285,6 @@ void validate_grpo_config(const GrpoConfig& c) {
 // ---- the trainer ----
 
 namespace {
-
-std::vector<size_t> permutation(size_t n, uint64_t seed) {  // as train/sft.cpp's
-  std::vector<size_t> order(n);
-  std::iota(order.begin(), order.end(), size_t(0));
-  for (size_t i = n; i > 1; --i) {
-    const size_t j = size_t(mix64(seed + i) % i);
-    std::swap(order[i - 1], order[j]);
-  }
-  return order;
-}
 
 constexpr const char* kStateFormat = "kotoba-grpo-checkpoint";
 constexpr int kStateVersion = 1;
@@ -404,10 +398,23 @@ void GrpoTrainer::setup(std::vector<data::PreferencePair> prompts, std::vector<d
   if (options_.reward) {
     s.reward = options_.reward;
   } else {
-    KOTOBA_CHECK(config_.reward.empty() != config_.reward_cmd.empty(),
-                 "grpo: give exactly one reward: --reward (ends-with:TEXT, contains:TEXT, regex:PATTERN) or "
-                 "--reward-cmd CMD");
-    s.reward = config_.reward.empty() ? command_reward(config_.reward_cmd) : rule_reward(config_.reward);
+    const int given =
+        int(!config_.reward.empty()) + int(!config_.reward_cmd.empty()) + int(!config_.reward_model.empty());
+    KOTOBA_CHECK(given == 1, "grpo: give exactly one reward (", given,
+                 " given): --reward (ends-with:TEXT, contains:TEXT, regex:PATTERN), --reward-cmd CMD or "
+                 "--reward-model RM_DIR (config keys reward, reward_cmd, reward_model)");
+    if (!config_.reward.empty()) {
+      s.reward = rule_reward(config_.reward);
+    } else if (!config_.reward_cmd.empty()) {
+      s.reward = command_reward(config_.reward_cmd);
+    } else {
+      config_.reward_model = fs::absolute(config_.reward_model).lexically_normal().string();
+      try {
+        s.reward = reward_model_reward(config_.reward_model, 1024, 16, options_.log);
+      } catch (const Error& e) {
+        throw Error(detail::concat("grpo: --reward-model (config key reward_model): ", e.what()));
+      }
+    }
   }
   s.loss.epsilon_low = config_.epsilon;
   s.loss.epsilon_high = config_.epsilon_high > 0 ? config_.epsilon_high : config_.epsilon;
@@ -422,33 +429,16 @@ void GrpoTrainer::setup(std::vector<data::PreferencePair> prompts, std::vector<d
   s.chat_template.emplace(resolve_chat_template(config_.chat_template, s.loaded.dir, *s.tok, s.loaded.generation));
   s.pad_id = s.tok->pad_id().value_or(s.tok->eos_id().value_or(0));
 
-  if (val.empty() && config_.val_fraction > 0) {
-    const size_t n_val = size_t(std::floor(double(prompts.size()) * config_.val_fraction));
-    std::vector<size_t> order = permutation(prompts.size(), mix64(uint64_t(config_.seed) ^ 0x5a11d5eedull));
-    std::vector<bool> is_val(prompts.size(), false);
-    for (size_t i = 0; i < n_val; ++i) is_val[order[i]] = true;
-    std::vector<data::PreferencePair> kept;
-    for (size_t i = 0; i < prompts.size(); ++i) (is_val[i] ? val : kept).push_back(std::move(prompts[i]));
-    prompts = std::move(kept);
-  }
+  split_validation(prompts, val, config_.val_fraction, config_.seed);
   KOTOBA_CHECK(!prompts.empty(), "grpo: ", config_.data.empty() ? std::string("the data") : config_.data,
                " leaves no training prompt");
-  auto encode = [&](const std::vector<data::PreferencePair>& ps, std::vector<std::vector<int32_t>>& out) {
-    for (const auto& p : ps) {
-      std::vector<chat::Message> m = data::template_messages(p.prompt, s.chat_template->style());
-      std::vector<int32_t> ids = s.tok->encode(s.chat_template->render(m, /*add_generation_prompt=*/true), true);
-      KOTOBA_CHECK(!ids.empty(), "grpo: ", p.where, ": the prompt renders to no token");
-      KOTOBA_CHECK(int64_t(ids.size()) + config_.max_completion_length <= s.loaded.model->max_positions(), "grpo: ",
-                   p.where, ": the prompt (", ids.size(), " tokens) and max_completion_length (",
-                   config_.max_completion_length, ") exceed the model's context (", s.loaded.model->max_positions(),
-                   " positions)");
-      out.push_back(std::move(ids));
-    }
-  };
   s.train = std::move(prompts);
   s.val = std::move(val);
-  encode(s.train, s.train_prompt_ids);
-  encode(s.val, s.val_prompt_ids);
+  const int64_t context = s.loaded.model->max_positions();
+  s.train_prompt_ids =
+      encode_rollout_prompts(s.train, *s.chat_template, *s.tok, config_.max_completion_length, context, "grpo");
+  s.val_prompt_ids =
+      encode_rollout_prompts(s.val, *s.chat_template, *s.tok, config_.max_completion_length, context, "grpo");
 
   nn::CausalLM& model = *s.loaded.model;
   if (config_.lora_r > 0) {
@@ -490,35 +480,8 @@ std::string GrpoTrainer::trainable_parameters_report() const {
 namespace {
 
 infer::GenerationOptions sampling_options(const GrpoConfig& c, const tokenizer::Tokenizer& tok,
-                                          const chat::ChatTemplate& tmpl, uint64_t seed, int64_t n) {
-  infer::GenerationOptions o;
-  o.max_new_tokens = c.max_completion_length;
-  o.do_sample = true;
-  o.temperature = float(c.temperature);
-  o.top_k = c.top_k;
-  o.top_p = float(c.top_p);
-  o.num_return_sequences = n;
-  o.seed = seed;
-  if (tok.eos_id()) o.eos_token_ids = {*tok.eos_id()};
-  o.stop_strings = tmpl.stop_strings();
-  o.detokenize = [&tok](std::span<const int32_t> ids) { return tok.decode(ids); };
-  return o;
-}
-
-// The reply's text as a reward sees it: without the EOS that ended it, cut after a stop string
-// and without the stop string itself.
-std::string completion_text(const infer::GeneratedSequence& s, const tokenizer::Tokenizer& tok,
-                            const std::vector<std::string>& stops) {
-  std::vector<int32_t> ids = s.ids;
-  if (!ids.empty() && tok.eos_id() && ids.back() == *tok.eos_id()) ids.pop_back();
-  std::string text = tok.decode(ids);
-  if (s.text_end > 0) text = text.substr(0, s.text_end);
-  for (const std::string& stop : stops)
-    if (!stop.empty() && text.size() >= stop.size() && text.compare(text.size() - stop.size(), stop.size(), stop) == 0) {
-      text.resize(text.size() - stop.size());
-      break;
-    }
-  return text;
+                                          const chat::ChatTemplate& tmpl, int64_t n) {
+  return rollout_sampling_options({c.max_completion_length, c.temperature, c.top_k, c.top_p}, tok, tmpl, n);
 }
 
 }  // namespace
@@ -526,12 +489,10 @@ std::string completion_text(const infer::GeneratedSequence& s, const tokenizer::
 double GrpoTrainer::validation_reward() {
   State& s = *state_;
   if (s.val.empty()) return std::nan("");
-  infer::GenerationOptions o = sampling_options(config_, *s.tok, *s.chat_template, 0, 1);
-  std::vector<infer::GenerationResult> results;
-  for (size_t i = 0; i < s.val_prompt_ids.size(); ++i) {  // a seed per prompt (see generate_rollouts)
-    o.seed = mix64(uint64_t(config_.seed) ^ 0x7a1ull ^ mix64(i));
-    results.push_back(infer::generate_batch(*s.loaded.model, {s.val_prompt_ids[i]}, o)[0]);
-  }
+  infer::GenerationOptions o = sampling_options(config_, *s.tok, *s.chat_template, 1);
+  for (size_t i = 0; i < s.val_prompt_ids.size(); ++i)
+    o.prompt_seeds.push_back(mix64(uint64_t(config_.seed) ^ 0x7a1ull ^ mix64(i)));
+  const std::vector<infer::GenerationResult> results = infer::generate_batch(*s.loaded.model, s.val_prompt_ids, o);
   std::vector<RewardInput> inputs;
   for (size_t i = 0; i < results.size(); ++i)
     inputs.push_back({&s.val[i].prompt, completion_text(results[i].sequences[0], *s.tok, o.stop_strings)});
@@ -681,15 +642,12 @@ GrpoResult GrpoTrainer::run(int64_t stop_after_step) {
       std::vector<size_t> picked(s.order.begin() + begin, s.order.begin() + end);
       std::vector<std::vector<int32_t>> prompts;
       for (size_t i : picked) prompts.push_back(s.train_prompt_ids[i]);
-      // generate_batch gives every prompt of a call the same sampler seed, so each prompt is a
-      // call of its own (its G completions are one batch over a KV cache) with its own seed.
-      std::vector<infer::GenerationResult> results;
-      for (size_t k = 0; k < picked.size(); ++k) {
-        const uint64_t draw_seed =
-            mix64(uint64_t(c.seed) ^ mix64(uint64_t(step) * 1000003 + uint64_t(m) * 1009 + uint64_t(k)));
-        infer::GenerationOptions o = sampling_options(c, *s.tok, *s.chat_template, draw_seed, c.num_generations);
-        results.push_back(infer::generate_batch(model, {prompts[k]}, o)[0]);
-      }
+      // One batch over a KV cache, each prompt's G completions drawn from a seed of its own.
+      infer::GenerationOptions o = sampling_options(c, *s.tok, *s.chat_template, c.num_generations);
+      for (size_t k = 0; k < picked.size(); ++k)
+        o.prompt_seeds.push_back(
+            mix64(uint64_t(c.seed) ^ mix64(uint64_t(step) * 1000003 + uint64_t(m) * 1009 + uint64_t(k))));
+      const std::vector<infer::GenerationResult> results = infer::generate_batch(model, prompts, o);
       Rollout r;
       std::vector<RewardInput> inputs;
       std::vector<data::PackingExample> rows;

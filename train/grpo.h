@@ -1,7 +1,7 @@
 // Group-relative policy optimisation (GRPO, Shao et al. 2024) as TRL's GRPOTrainer defines it:
 // per prompt, G completions are sampled from the policy (batched generation with KV caches), each
-// is scored by a reward (a rule, a checker command, or any RewardFunction — a reward model plugs
-// in here), advantages are the rewards relative to their group ((r - mean) / (std + 1e-4)), and
+// is scored by a reward (a rule, a checker command, a trained reward model, or any RewardFunction),
+// advantages are the rewards relative to their group ((r - mean) / (std + 1e-4)), and
 // the policy follows the clipped per-token surrogate of PPO, without a value model, optionally
 // held to a reference by a k3 KL estimate. Fully or with LoRA (the reference is then the base
 // with the adapters off). The SFT loop's machinery otherwise: AdamW with warm-up and cosine decay,
@@ -89,6 +89,7 @@ struct GrpoConfig {
   std::string chat_template = "auto";
   std::string reward = {};      // a rule: ends-with:TEXT, contains:TEXT, regex:PATTERN
   std::string reward_cmd = {};  // or a checker command (JSONL on stdin, one score a line on stdout)
+  std::string reward_model = {};  // or a reward-model directory (train/reward_model_reward.h)
 
   // Sampling (TRL's GRPOConfig names and defaults).
   int64_t num_generations = 8;          // G completions per prompt
@@ -154,7 +155,7 @@ struct GrpoResult {
 struct GrpoOptions {
   bool progress = true;
   std::function<void(const std::string&)> log = {};
-  RewardFunction reward = {};  // overrides config.reward / reward_cmd (e.g. a reward model)
+  RewardFunction reward = {};  // overrides config.reward / reward_cmd / reward_model
 };
 
 class GrpoTrainer {

@@ -189,16 +189,6 @@ RewardBatch make_reward_batch(std::span<const std::vector<int32_t>* const> chose
 
 namespace {
 
-std::vector<size_t> permutation(size_t n, uint64_t seed) {
-  std::vector<size_t> order(n);
-  std::iota(order.begin(), order.end(), size_t(0));
-  for (size_t i = n; i > 1; --i) {
-    const size_t j = size_t(mix64(seed + i) % i);
-    std::swap(order[i - 1], order[j]);
-  }
-  return order;
-}
-
 struct TokenPair {
   std::vector<int32_t> chosen, rejected;
 };

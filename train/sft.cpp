@@ -167,17 +167,6 @@ Tensor batch_loss(nn::CausalLM& model, const SftBatch& batch) {
   return model.loss(batch.ids, batch.targets);
 }
 
-// A permutation of [0, n) drawn from `seed` (Fisher-Yates on counter-based draws).
-std::vector<size_t> permutation(size_t n, uint64_t seed) {
-  std::vector<size_t> order(n);
-  std::iota(order.begin(), order.end(), size_t(0));
-  for (size_t i = n; i > 1; --i) {
-    const size_t j = size_t(mix64(seed + i) % i);
-    std::swap(order[i - 1], order[j]);
-  }
-  return order;
-}
-
 constexpr const char* kStateFormat = "kotoba-sft-checkpoint";
 constexpr int kStateVersion = 1;
 
