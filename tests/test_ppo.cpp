@@ -71,10 +71,13 @@ TEST(PpoTask, RuleRewardTeachesTheHiddenRuleWithBoundedKl) {
   c.reward = std::string("ends-with:") + kt::kRuleWord;
   c.response_length = 8;
   c.temperature = 1.0;
-  c.batch = 32;
+  // 64 replies an update: at a 3 % base rate a batch of 32 often holds no rewarded reply, and the
+  // whitened advantages of such a batch are noise that larger steps (lr 1e-3) turn into a wrecked
+  // policy (replies that never end, KL of 20-50 nats) on some seeds.
+  c.batch = 64;
   c.num_mini_batches = 2;
-  c.steps = 40;
-  c.lr = 1e-3;
+  c.steps = 30;
+  c.lr = 3e-4;
   c.warmup = 4;
   c.checkpoint_every = 0;
   train::PpoTrainer trainer(c, kt::rule_pairs(task, seed), {}, {.progress = false});

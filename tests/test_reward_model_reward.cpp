@@ -29,6 +29,7 @@
 #include "nn/reward_model.h"
 #include "tokenizer/tokenizer.h"
 #include "train/grpo.h"
+#include "train/ppo.h"
 #include "train/reward.h"
 #include "train/reward_model_reward.h"
 #include "test_util.h"
@@ -249,6 +250,51 @@ TEST(RewardModelReward, GrpoRaisesTheScoreOfATrainedRewardModel) {
   // model overrates, e.g. the word repeated, so that share is reported, not asserted.)
   EXPECT_GT(reward_after, reward_before + 2.0);
   for (const auto& l : log) EXPECT_EQ(l.find("cut at max_length"), std::string::npos) << l;
+}
+
+// The pipeline on the rule task: SFT -> a reward model trained on the rule's pairs -> PPO
+// against the reward model alone, held to the SFT model by the KL penalty. The penalty keeps the
+// policy near replies the reward model was trained on, so the reward model's preference (the
+// rule) is what PPO learns, not a blind spot of the proxy.
+TEST(RewardModelReward, PpoFromARewardModelLearnsTheRule) {
+  const auto start = std::chrono::steady_clock::now();
+  const uint64_t seed = kt::test_seed();
+  const fs::path root = scratch("ppo");
+  kt::RuleTask task = kt::make_rule_task(seed, 600, 100);
+  const fs::path sft_model = kt::sft_rule_model(root, task, seed);
+  const std::string rm = train_rule_reward_model(root, root / "base", task, seed, 100);
+  train::PpoConfig c;
+  c.model = sft_model.string();
+  c.chat_template = "plain";
+  c.out = (root / "ppo").string();
+  c.reward_model = rm;
+  c.response_length = 8;
+  c.temperature = 1.0;
+  c.kl_coef = 0.2;  // the reward model's scores span about +-4, the rule's reward 0..1
+  c.batch = 64;
+  c.num_mini_batches = 2;
+  c.steps = 30;
+  c.lr = 3e-4;
+  c.warmup = 4;
+  c.checkpoint_every = 0;
+  train::PpoTrainer trainer(c, kt::rule_pairs(task, seed), {}, {.progress = false});
+  const double before = kt::rule_rate(trainer.model(), trainer.tokenizer(), trainer.chat_template(), task, true, seed);
+  train::PpoResult result = trainer.run();
+  const double after = kt::rule_rate(trainer.model(), trainer.tokenizer(), trainer.chat_template(), task, true, seed);
+  std::ifstream metrics(root / "ppo" / "metrics.csv");
+  std::string header, first;
+  std::getline(metrics, header);
+  std::getline(metrics, first);
+  const double first_score = std::strtod(first.substr(first.find(',') + 1).c_str(), nullptr);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::printf("PPO from a reward model (seed %llu): mean score %.3f -> %.3f, KL %.3f nats per reply, sampled "
+              "held-out answers ending in '%s' %.1f%% -> %.1f%%; %.1f s\n",
+              (unsigned long long)seed, first_score, result.train.score, result.train.kl, kt::kRuleWord, 100 * before,
+              100 * after, seconds);
+  EXPECT_LE(before, 0.1);
+  EXPECT_GE(after, 0.8);
+  EXPECT_GT(result.train.score, first_score + 2.0);
+  EXPECT_LT(result.train.kl, 8.0);
 }
 
 // ---- errors ----
