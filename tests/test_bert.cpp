@@ -37,12 +37,7 @@ fs::path bert_reference_dir() {
   return dir;
 }
 
-fs::path scratch(const std::string& name) {
-  fs::path dir = fs::temp_directory_path() / ("kotoba_bert_" + std::to_string(::getpid())) / name;
-  fs::remove_all(dir);
-  fs::create_directories(dir.parent_path());
-  return dir;
-}
+fs::path scratch(const std::string& name) { return kotoba::testing::scratch_path("bert", name); }
 
 Tensor f32(const Tensor& t) {
   Tensor out = Tensor::empty(t.shape());

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
+#include "test_util.h"
 
 namespace fs = std::filesystem;
 
@@ -22,12 +23,7 @@ struct CliRun {
   std::string out, err;
 };
 
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
+using kotoba::testing::slurp;
 
 class Cli : public ::testing::Test {
  protected:

@@ -204,12 +204,7 @@ TEST(GenerateHF, LogitsProcessorsMatchTransformers) {
 }
 
 #ifdef KOTOBA_CLI_PATH
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
+using kotoba::testing::slurp;
 
 struct CliRun {
   int code;

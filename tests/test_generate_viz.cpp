@@ -40,12 +40,7 @@ fs::path scratch() {
   return d;
 }
 
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
+using kotoba::testing::slurp;
 
 std::string quote(const std::string& s) {  // for sh: single quotes, ' as '\''
   std::string out = "'";

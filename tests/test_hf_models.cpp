@@ -37,12 +37,7 @@ fs::path case_dir(const std::string& name) {
   return dir;
 }
 
-fs::path scratch(const std::string& name) {
-  fs::path dir = fs::temp_directory_path() / ("kotoba_hf_models_" + std::to_string(::getpid())) / name;
-  fs::remove_all(dir);
-  fs::create_directories(dir.parent_path());
-  return dir;
-}
+fs::path scratch(const std::string& name) { return kotoba::testing::scratch_path("hf_models", name); }
 
 // Largest |a - b| over two same-shaped f32 tensors.
 double max_abs_diff(const Tensor& a, const Tensor& b) {
@@ -64,12 +59,7 @@ int run(const std::string& cmd) {
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
+using kotoba::testing::slurp;
 
 // transformers' logits of the model directory `dir` on ids (B, T).
 Tensor transformers_logits(const fs::path& dir, const Tensor& ids) {

@@ -22,12 +22,7 @@ using namespace kotoba::data;
 
 namespace {
 
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
+using kotoba::testing::slurp;
 
 class InstructData : public ::testing::Test {
  protected:

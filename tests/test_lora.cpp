@@ -44,12 +44,7 @@ fs::path case_dir(const std::string& name) {
   return dir;
 }
 
-fs::path scratch(const std::string& name) {
-  fs::path dir = fs::temp_directory_path() / ("kotoba_lora_" + std::to_string(::getpid())) / name;
-  fs::remove_all(dir);
-  fs::create_directories(dir.parent_path());
-  return dir;
-}
+fs::path scratch(const std::string& name) { return kotoba::testing::scratch_path("lora", name); }
 
 std::vector<double> values(const Tensor& t) {
   std::vector<float> f = to_f32(t.detach()).to_vector();

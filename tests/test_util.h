@@ -8,9 +8,12 @@
 #include <cstdlib>
 #include <random>
 #include <filesystem>
+#include <fstream>
 #include <sstream>
 #include <string>
 #include <vector>
+
+#include <unistd.h>
 
 #include "core/rng.h"
 #include "core/tensor.h"
@@ -27,6 +30,24 @@ inline std::string reference_missing(const std::filesystem::path& path) {
          "/scripts/test installs Debian's python3-torch and the venv ~/.cache/kotoba-ref, then "
          "`~/.cache/kotoba-ref/bin/python " KOTOBA_SOURCE_DIR "/tests/reference/ops_reference.py " KOTOBA_REFERENCE_DIR
          "`.";
+}
+
+// A fresh path <tmp>/kotoba_<suite>_<pid>/<name> for a test's files: removed if it exists, its
+// parent created (the test creates the directory itself, or lets a command do it).
+inline std::filesystem::path scratch_path(const std::string& suite, const std::string& name) {
+  namespace fs = std::filesystem;
+  fs::path dir = fs::temp_directory_path() / ("kotoba_" + suite + "_" + std::to_string(::getpid())) / name;
+  fs::remove_all(dir);
+  fs::create_directories(dir.parent_path());
+  return dir;
+}
+
+// A file's bytes ("" when it cannot be read).
+inline std::string slurp(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
 }
 
 // The seed of this process's C++-side random inputs: KOTOBA_TEST_SEED when set (to replay a
