@@ -4,10 +4,10 @@
 # The model (bench/decode_model.py: LLaMA architecture, 12 x 768, GQA, vocabulary ~32000, random
 # weights, ~120 M parameters) is made once under the build tree and exported by `kotoba convert`
 # to GGUF f32, f16, q8_0 and q4_0. kotoba decodes the model directory (f32) and its `kotoba
-# quantize` copies (--formats, default int8,q8_0,q4_0,nf4: the blocks' Linear layers quantised,
-# embeddings and LM head f32); llama.cpp the f32 GGUF (the same numbers, so the ratio compares like
-# with like), the f16 one for reference, and the q8_0/q4_0 ones (every matrix quantised, the
-# embeddings and output head too) beside kotoba's 8-bit and 4-bit formats.
+# quantize` copies (--formats, default int8,q8_0,q4_0,nf4: the blocks' Linear layers and the
+# untied LM head quantised, the embeddings f32); llama.cpp the f32 GGUF (the same numbers, so the
+# ratio compares like with like), the f16 one for reference, and the q8_0/q4_0 ones (every matrix
+# quantised, the embeddings and output head too) beside kotoba's 8-bit and 4-bit formats.
 #
 #   bench/decode.sh [--threads 2] [--prompt-tokens 512] [--new-tokens 128] [--batches 1,8] [--repeat 2]
 #                   [--formats int8,q8_0,q4_0,nf4]
