@@ -104,16 +104,17 @@ inline void reorder_x(const float* x, int64_t k, int64_t blocksize, float* xr) {
 template <int MC>
 inline void dot_rows_shuffled(const QuantGemmArgs& a, const ByteTable& table, const float* xr, int64_t n,
                               int64_t m0) {
-  // Independent accumulators: one row alone would otherwise chain every FMA on one register.
-  constexpr int NA = MC == 1 ? 4 : MC == 2 ? 2 : 1;
+  // Two accumulators per row, alternating over the four vectors of a decode: on one, a row alone
+  // (batch 1) chains four FMAs per 16 code bytes and waits out their latency. Their use does not
+  // depend on how many rows share a decode, so a row's result has the same bits alone or in a batch.
   const int64_t blocks = a.k / a.blocksize, half = a.blocksize / 2;
   const uint8_t* codes = a.codes + n * a.row_bytes;
   const float* scales = a.scales + n * blocks;
   const float* x[MC];
-  Vec acc[MC][NA];
+  Vec acc[MC][2];
   for (int i = 0; i < MC; ++i) {
     x[i] = xr + (m0 + i) * a.k;
-    for (int j = 0; j < NA; ++j) acc[i][j] = vzero();
+    acc[i][0] = acc[i][1] = vzero();
   }
   for (int64_t b = 0; b < blocks; ++b) {
     const Vec s = vset(scales[b]);
@@ -124,15 +125,13 @@ inline void dot_rows_shuffled(const QuantGemmArgs& a, const ByteTable& table, co
       decode32(block + c, table, w);
       for (int g = 0; g < 4; ++g) {
         w[g] = w[g] * s;
-        for (int i = 0; i < MC; ++i) acc[i][g % NA] = vfma(w[g], vload(x[i] + k0 + 2 * c + 8 * g), acc[i][g % NA]);
+        for (int i = 0; i < MC; ++i) acc[i][g & 1] = vfma(w[g], vload(x[i] + k0 + 2 * c + 8 * g), acc[i][g & 1]);
       }
     }
   }
   for (int i = 0; i < MC; ++i) {
-    Vec t = acc[i][0];
-    for (int j = 1; j < NA; ++j) t = t + acc[i][j];
     float* o = a.out + (m0 + i) * a.ldo + n;
-    *o = (a.accumulate ? *o : 0.0f) + vsum(t);
+    *o = (a.accumulate ? *o : 0.0f) + vsum(acc[i][0] + acc[i][1]);
   }
 }
 #endif
