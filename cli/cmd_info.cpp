@@ -21,11 +21,9 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// The weights `kotoba quantize` quantises: the blocks' Linear layers and an untied LM head (a
-// quantising loader such as bitsandbytes leaves lm_head f32; llama.cpp quantises it), not the
-// embeddings or norms. GPT-2's are HF Conv1D (in, out), the LLaMA family's and the head (out, in).
+// The weights a quantising loader (LLM.int8, QLoRA) quantises: the blocks' Linear layers, not
+// the embeddings, norms or LM head. GPT-2's are HF Conv1D (in, out), the LLaMA family's (out, in).
 bool is_linear_weight(const std::string& name) {
-  if (name == "lm_head.weight") return true;
   for (const char* s : {".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight",
                         "_proj.weight"}) {
     std::string suffix = s;
@@ -35,9 +33,7 @@ bool is_linear_weight(const std::string& name) {
   return false;
 }
 
-bool is_conv1d_layout(const std::string& name) {
-  return name != "lm_head.weight" && name.find("_proj.weight") == std::string::npos;
-}
+bool is_conv1d_layout(const std::string& name) { return name.find("_proj.weight") == std::string::npos; }
 
 // Parses config.json the way loading the model would (same checks and errors), without building
 // the model: info must not allocate the weights of a model it only describes.
@@ -163,9 +159,9 @@ int cmd_info(const cli::Args& args) {
     return 0;
   }
   std::printf("%s: %s\n", dir.c_str(), description.c_str());
-  std::printf("parameters: %lld (%.2fM; %lld in Linear weights%s, %lld in embeddings, biases, norms%s)\n\n",
-              (long long)params, params / 1e6, (long long)linear, tied ? "" : " (the LM head's included)",
-              (long long)other, tied ? "; LM head tied" : "");
+  std::printf("parameters: %lld (%.2fM; %lld in Linear weights, %lld in embeddings, biases, norms%s)\n\n",
+              (long long)params, params / 1e6, (long long)linear, (long long)other,
+              tied ? "; LM head tied" : " and the LM head");
   std::printf("  %-24s %14s %12s %14s\n", "precision", "bytes", "size", "bits/param");
   for (const Row& r : rows)
     std::printf("  %-24s %14lld %12s %14.2f\n", r.name, (long long)std::llround(r.bytes), human_bytes(r.bytes).c_str(),
