@@ -107,7 +107,8 @@ TEST(QuantMatmul, ARowGetsTheSameBitsAloneAndInABatch) {
       std::vector<float> row(xv.begin() + r * in, xv.begin() + (r + 1) * in);
       const std::vector<float> alone = quantized_linear(Tensor::from_vector(row, {1, in}), w, Tensor()).to_vector();
       for (int64_t o = 0; o < out; ++o)
-        ASSERT_EQ(alone[size_t(o)], batch[size_t(r * out + o)]) << weight_format_name(f) << " row " << r << " out " << o;
+        ASSERT_EQ(alone[size_t(o)], batch[size_t(r * out + o)])
+            << weight_format_name(f) << " row " << r << " out " << o;
     }
   }
 }

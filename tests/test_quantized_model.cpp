@@ -1,7 +1,8 @@
 // Quantised models: quantize_model turns the Linear layers (only; an untied LLaMA lm_head is one)
 // into quantised weights; the directory saved from such a model loads back with the same logits
-// and no f32 copies of those weights; a trained model's held-out perplexity stays within the bounds (int8 +1 %, 4-bit
-// +5 %); a broken quantization_config or quantized.safetensors is an error naming the file.
+// and no f32 copies of those weights; a trained model's held-out perplexity stays within the
+// issue's bounds (int8 +1 %, 4-bit +5 %); a broken quantization_config or quantized.safetensors is
+// an error naming the file.
 #include <gtest/gtest.h>
 
 #include <algorithm>
