@@ -105,10 +105,12 @@ int cmd_info(const cli::Args& args) {
   double linear = 0, linear_rows = 0, other = 0, nf4_blocks = 0, dq_groups = 0, stored = 0;
   // A quantised directory (kotoba quantize): its Linear weights are in quantized.safetensors.
   std::string quantized_format;
+  bool head_quantized = false;  // `kotoba quantize` quantises an untied LM head: counted with the Linear weights
   if (config.contains("quantization_config") && config["quantization_config"].is_object()) {
     quantized_format = config["quantization_config"].value("format", std::string("?"));
     const int bits = quant::weight_format_bits(quant::parse_weight_format(quantized_format));
     const SafeTensors q = load_safetensors((fs::path(dir) / "quantized.safetensors").string());
+    head_quantized = q.tensors.count("lm_head.codes") > 0;
     for (auto& [name, t] : q.tensors) {
       stored += double(t.nbytes());
       if (name.size() < 6 || name.compare(name.size() - 6, 6, ".codes") != 0 || t.ndim() != 2) continue;
@@ -159,9 +161,10 @@ int cmd_info(const cli::Args& args) {
     return 0;
   }
   std::printf("%s: %s\n", dir.c_str(), description.c_str());
-  std::printf("parameters: %lld (%.2fM; %lld in Linear weights, %lld in embeddings, biases, norms%s)\n\n",
-              (long long)params, params / 1e6, (long long)linear, (long long)other,
-              tied ? "; LM head tied" : " and the LM head");
+  std::printf("parameters: %lld (%.2fM; %lld in Linear weights%s, %lld in embeddings, biases, norms%s)\n\n",
+              (long long)params, params / 1e6, (long long)linear,
+              head_quantized ? " (the quantised LM head's included)" : "", (long long)other,
+              tied ? "; LM head tied" : head_quantized ? "" : " and the LM head");
   std::printf("  %-24s %14s %12s %14s\n", "precision", "bytes", "size", "bits/param");
   for (const Row& r : rows)
     std::printf("  %-24s %14lld %12s %14.2f\n", r.name, (long long)std::llround(r.bytes), human_bytes(r.bytes).c_str(),

@@ -17,9 +17,10 @@ namespace {
 
 const char* const kUsage =
     "kotoba quantize MODEL --to FORMAT --out DIR\n"
-    "  Writes DIR: the model directory MODEL with every Linear layer of its blocks held quantised\n"
-    "  (the embeddings, norms and LM head stay as they are), which generate, chat, eval and the\n"
-    "  trainers (QLoRA: sft --lora-r on a quantised model) load like any model. FORMAT:\n"
+    "  Writes DIR: the model directory MODEL with every Linear layer held quantised (those of the\n"
+    "  blocks and an untied LM head; the embeddings, norms and a head tied to the embeddings stay\n"
+    "  as they are), which generate, chat, eval and the trainers (QLoRA: sft --lora-r on a\n"
+    "  quantised model) load like any model. FORMAT:\n"
     "    int8   row-wise absmax, 8 bits (LLM.int8()'s weight format)\n"
     "    q8_0   blocks of 32 with one scale, 8.5 bits (llama.cpp's Q8_0)\n"
     "    q4_0   blocks of 32 with one scale, 4.5 bits (llama.cpp's Q4_0)\n"

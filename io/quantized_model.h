@@ -1,7 +1,9 @@
-// Quantised model directories. `kotoba quantize` turns every Linear layer of a model (the output
-// head and the embeddings stay as they are, as bitsandbytes leaves lm_head) into quantised
-// weights (quant/packed.h); such a model is saved and loaded by save_model_dir/load_model_dir
-// like any other, so every command that loads a model runs it quantised. On disk:
+// Quantised model directories. `kotoba quantize` turns every Linear layer of a model into
+// quantised weights (quant/packed.h): the blocks' layers and an untied LLaMA lm_head (llama.cpp
+// quantises output.weight too: at batch 1 an f32 head was a third of the bytes a token reads);
+// the embeddings, norms and a head tied to the embeddings stay as they are. Such a model is saved
+// and loaded by save_model_dir/load_model_dir like any other, so every command that loads a model
+// runs it quantised. On disk:
 //   model.safetensors      every other tensor, under its HF name, as before
 //   quantized.safetensors  per quantised layer "<module>.codes" (I8: rows x bytes per row, the
 //                          kernel layout) and "<module>.scales" (F32: rows x blocks per row)

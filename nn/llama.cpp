@@ -164,10 +164,9 @@ Llama::Llama(const LlamaConfig& config)
   model_.register_module("norm", norm);
   register_module("model", model_);
   if (!config_.tie_word_embeddings) {
-    lm_head_weight_ = Tensor::empty({config.vocab_size, config.hidden_size});
-    init_normal(lm_head_weight_, config.initializer_range, init_gen_);
-    lm_head_weight_ = lm_head_.register_parameter("weight", lm_head_weight_);
-    register_module("lm_head", lm_head_);
+    lm_head_ = std::make_unique<Linear>(config.hidden_size, config.vocab_size, /*bias=*/false,
+                                        config.initializer_range, init_gen_);
+    register_module("lm_head", *lm_head_);
   }
 }
 
@@ -206,11 +205,13 @@ Tensor Llama::forward_hidden(const Tensor& ids, int64_t start, KVCache* cache, c
   return x;
 }
 
-Tensor Llama::logits(const Tensor& ids) {
-  return linear(hidden_states(ids), output_weight());
+Tensor Llama::head(const Tensor& hidden) const {
+  return lm_head_ ? lm_head_->forward(hidden) : linear(hidden, embed_tokens.weight);
 }
 
-Tensor Llama::head_logits(const Tensor& hidden) { return linear(hidden, output_weight()); }
+Tensor Llama::logits(const Tensor& ids) { return head(hidden_states(ids)); }
+
+Tensor Llama::head_logits(const Tensor& hidden) { return head(hidden); }
 
 Tensor Llama::hidden_states(const Tensor& ids) {
   KOTOBA_CHECK(ids.ndim() == 2 && ids.dtype() == DType::i32, config_.model_type, ": ids must be (B, T) i32, got ",
@@ -224,7 +225,7 @@ Tensor Llama::hidden_states(const Tensor& ids) {
 Tensor Llama::packed_logits(const Tensor& ids, const Tensor& positions, const Tensor& segments) {
   const int64_t largest = check_packed_call(ids, positions, segments);
   ensure_rope_tables(largest + 1);  // positions need not restart: a caller may pass any in range
-  return linear(norm.forward(forward_hidden(ids, 0, nullptr, positions, segments)), output_weight());
+  return head(norm.forward(forward_hidden(ids, 0, nullptr, positions, segments)));
 }
 
 KVCache Llama::make_kv_cache(int64_t batch, int64_t max_len) const {
@@ -242,7 +243,7 @@ Tensor Llama::logits_cached(const Tensor& ids, KVCache& cache, bool last_only) {
   const int64_t T = ids.size(1), start = cache.length;
   Tensor x = forward_hidden(ids, start, &cache);
   if (last_only) x = x.slice_view(1, T - 1, T).contiguous();
-  Tensor out = linear(norm.forward(x), output_weight());
+  Tensor out = head(norm.forward(x));
   cache.length = start + T;
   return out;
 }

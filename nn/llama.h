@@ -112,8 +112,11 @@ class Llama : public CausalLM {
   Tensor logits_cached(const Tensor& ids, KVCache& cache, bool last_only = false) override;
 
   const LlamaConfig& config() const { return config_; }
-  // The LM head's weight (V, C): lm_head's, or embed_tokens' when tied.
-  const Tensor& output_weight() const { return config_.tie_word_embeddings ? embed_tokens.weight : lm_head_weight_; }
+  // The untied LM head, a Linear (C -> V, no bias) named "lm_head" (its weight "lm_head.weight"),
+  // so that it is quantised, moved and adapted like the other Linear layers; nullptr when tied
+  // (the logits are then the hidden states times embed_tokens' weight).
+  Linear* lm_head() { return lm_head_.get(); }
+  const Linear* lm_head() const { return lm_head_.get(); }
 
   Embedding embed_tokens;
   std::vector<std::unique_ptr<LlamaDecoderLayer>> layers;
@@ -126,9 +129,11 @@ class Llama : public CausalLM {
   Tensor forward_hidden(const Tensor& ids, int64_t start, KVCache* cache, const Tensor& packed_positions = Tensor(),
                         const Tensor& segments = Tensor());
 
+  // Final hidden states (..., C) -> logits (..., V) through the LM head (or the tied embeddings).
+  Tensor head(const Tensor& hidden) const;
+
   Module model_;          // the "model." prefix of HF names
-  Module lm_head_;        // "lm_head.weight" when untied
-  Tensor lm_head_weight_;
+  std::unique_ptr<Linear> lm_head_;  // untied only; built after the layers (its initialisation draws come last)
   Tensor cos_, sin_;      // (rope_len, head_dim / 2) f32
   std::vector<float> inv_freq_;
 };

@@ -64,8 +64,8 @@ std::vector<std::string> lora_target_names(const Module& model, const LoraConfig
     const bool is_linear = dynamic_cast<Linear*>(module) != nullptr;
     bool hit;
     if (all_linear) {
-      // kotoba's output heads are not Linear layers (GPT-2 ties wte, LLaMA holds a bare
-      // weight), so "every Linear" already leaves the head out as PEFT does.
+      // PEFT's all-linear leaves the output head out: an untied LLaMA's lm_head is a Linear
+      // (GPT-2's head is tied to wte and is none).
       hit = is_linear && name != "lm_head";
     } else if (pattern) {
       hit = std::regex_match(name, *pattern);

@@ -1,9 +1,11 @@
-// Quantised models: quantize_model turns the Linear layers (only) into quantised weights; the
-// directory saved from such a model loads back with the same logits and no f32 copies of those
-// weights; a trained model's held-out perplexity stays within the bounds (int8 +1 %, 4-bit
-// +5 %); a broken quantization_config or quantized.safetensors is an error naming the file.
+// Quantised models: quantize_model turns the Linear layers (only; an untied LLaMA lm_head is one)
+// into quantised weights; the directory saved from such a model loads back with the same logits
+// and no f32 copies of those weights; a trained model's held-out perplexity stays within the
+// issue's bounds (int8 +1 %, 4-bit +5 %); a broken quantization_config or quantized.safetensors is
+// an error naming the file.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -99,12 +101,18 @@ TEST(QuantizedModel, OnlyLinearLayersAreQuantisedAndTheDirectoryRoundTrips) {
       const size_t params_before = model->named_parameters().size();
       const QuantizeReport report = quantize_model(*model, f);
       EXPECT_TRUE(report.skipped.empty());
-      EXPECT_EQ(report.quantized.size(), arch == "llama" ? 14u : 8u);
+      // LLaMA: 7 per block and the untied lm_head; GPT-2: 4 per block (its head is tied to wte).
+      EXPECT_EQ(report.quantized.size(), arch == "llama" ? 15u : 8u);
+      EXPECT_EQ(std::count(report.quantized.begin(), report.quantized.end(), "lm_head"), arch == "llama" ? 1 : 0);
       EXPECT_EQ(model->named_parameters().size(), params_before - report.quantized.size());
-      for (auto& [name, p] : model->named_parameters())
+      bool embeddings = false;
+      for (auto& [name, p] : model->named_parameters()) {
         EXPECT_TRUE(name.find("proj.weight") == std::string::npos && name.find("c_attn.weight") == std::string::npos &&
-                    name.find("c_fc.weight") == std::string::npos)
+                    name.find("c_fc.weight") == std::string::npos && name != "lm_head.weight")
             << name << " should be quantised";
+        embeddings |= name == "model.embed_tokens.weight" || name == "transformer.wte.weight";
+      }
+      EXPECT_TRUE(embeddings) << "the embeddings stay f32";
       EXPECT_LT(report.bytes_after, report.bytes_before);
 
       model->eval();
@@ -121,9 +129,43 @@ TEST(QuantizedModel, OnlyLinearLayersAreQuantisedAndTheDirectoryRoundTrips) {
       const std::vector<float> got = loaded.model->logits(ids).to_vector();
       ASSERT_EQ(got.size(), want.size());
       for (size_t i = 0; i < got.size(); ++i) ASSERT_EQ(got[i], want[i]) << arch << " " << i;
+      // Decoding (the KV-cache path, last position only) runs the same quantised layers and head.
+      nn::KVCache cache = loaded.model->make_kv_cache(2, 8);
+      const std::vector<float> last = loaded.model->logits_cached(ids, cache, /*last_only=*/true).to_vector();
+      const size_t V = 300;
+      ASSERT_EQ(last.size(), 2 * V);
+      for (size_t b = 0; b < 2; ++b)
+        for (size_t v = 0; v < V; ++v)
+          ASSERT_NEAR(last[b * V + v], want[(b * 4 + 3) * V + v], 1e-4f) << arch << " row " << b << " token " << v;
     }
   }
   fs::remove_all(root);
+}
+
+// A LLaMA with tied embeddings has no lm_head Linear: its head (the embeddings) stays f32.
+TEST(QuantizedModel, TiedHeadStaysWithTheEmbeddings) {
+  nn::LlamaConfig c = small_llama(300, kt::test_seed());
+  c.tie_word_embeddings = true;
+  nn::Llama model(c);
+  EXPECT_EQ(model.lm_head(), nullptr);
+  Tensor ids = Tensor::from_vector_i32({5, 9, 2, 7}, {1, 4});
+  model.eval();
+  NoGradGuard no_grad;
+  const std::vector<float> before = model.logits(ids).to_vector();
+  const QuantizeReport report = quantize_model(model, quant::WeightFormat::int8);
+  EXPECT_EQ(report.quantized.size(), 14u);
+  EXPECT_EQ(std::count(report.quantized.begin(), report.quantized.end(), "lm_head"), 0);
+  bool embeddings = false;
+  for (auto& [name, p] : model.named_parameters()) embeddings |= name == "model.embed_tokens.weight";
+  EXPECT_TRUE(embeddings);
+  const std::vector<float> after = model.logits(ids).to_vector();
+  ASSERT_EQ(after.size(), before.size());
+  double err = 0, ref = 0;
+  for (size_t i = 0; i < after.size(); ++i) {
+    err = std::max(err, double(std::fabs(after[i] - before[i])));
+    ref = std::max(ref, double(std::fabs(before[i])));
+  }
+  EXPECT_LT(err, 0.05 * ref) << "int8 blocks with an f32 tied head";
 }
 
 // A small LLaMA trained on a low-entropy Markov source; held-out perplexity f32 against each format.

@@ -2,7 +2,8 @@
 // into registers and never into memory: the weights cross the memory bus at 1 or 0.5 bytes per
 // element instead of 4, which is what bounds decoding speed. Each decoded vector is used for up
 // to four rows of x before the next is decoded. Compiled per ISA; 4-bit codes are looked up in the
-// 16-entry table with one permute (AVX-512) or two and a blend (AVX2).
+// 16-entry table with one permute (AVX-512), or on AVX2 with byte shuffles (see ByteTable) against
+// a copy of x reordered to the order they decode in.
 #include "ops/cpu/kernel_util.h"
 #include "ops/cpu/register.h"
 
@@ -42,6 +43,96 @@ inline void load_nibbles(const uint8_t* p, const Table& table, Vec& lo, Vec& hi)
   const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
   lo = table.lookup(_mm256_and_si256(b, _mm256_set1_epi32(15)));
   hi = table.lookup(_mm256_srli_epi32(b, 4));
+}
+
+// AVX2, 4-bit: the 16 table entries' bytes as four 16-byte planes (byte j of every entry), each
+// broadcast to both lanes. A code picks its entry's byte from each plane with one pshufb, and
+// interleaving the four planes (bytes, then 16-bit pairs) rebuilds the floats: 32 weights per 16
+// shuffle-class instructions instead of 64 permutes and 32 blends. The interleave works within
+// 128-bit lanes, so 16 code bytes (low nibbles A0..15 in lane 0, high nibbles B0..15 in lane 1)
+// come out as [A0..3 B0..3] [A4..7 B4..7] [A8..11 B8..11] [A12..15 B12..15]; x is copied once per
+// call into that order (reorder_x), so the dot products need no further shuffling.
+struct ByteTable {
+  __m256i plane[4];
+  explicit ByteTable(const float* table) {
+    alignas(16) uint8_t bytes[4][16];
+    for (int e = 0; e < 16; ++e) {
+      uint32_t bits;
+      __builtin_memcpy(&bits, table + e, sizeof bits);
+      for (int j = 0; j < 4; ++j) bytes[j][e] = uint8_t(bits >> (8 * j));
+    }
+    for (int j = 0; j < 4; ++j)
+      plane[j] = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(bytes[j])));
+  }
+};
+
+// 16 code bytes -> 32 values (unscaled) in the order above.
+inline void decode32(const uint8_t* p, const ByteTable& t, Vec w[4]) {
+  const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)), mask = _mm_set1_epi8(15);
+  const __m256i idx = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(b, 4), mask), _mm_and_si128(b, mask));
+  const __m256i b0 = _mm256_shuffle_epi8(t.plane[0], idx), b1 = _mm256_shuffle_epi8(t.plane[1], idx);
+  const __m256i b2 = _mm256_shuffle_epi8(t.plane[2], idx), b3 = _mm256_shuffle_epi8(t.plane[3], idx);
+  const __m256i lo01 = _mm256_unpacklo_epi8(b0, b1), hi01 = _mm256_unpackhi_epi8(b0, b1);
+  const __m256i lo23 = _mm256_unpacklo_epi8(b2, b3), hi23 = _mm256_unpackhi_epi8(b2, b3);
+  w[0] = {_mm256_castsi256_ps(_mm256_unpacklo_epi16(lo01, lo23))};
+  w[1] = {_mm256_castsi256_ps(_mm256_unpackhi_epi16(lo01, lo23))};
+  w[2] = {_mm256_castsi256_ps(_mm256_unpacklo_epi16(hi01, hi23))};
+  w[3] = {_mm256_castsi256_ps(_mm256_unpackhi_epi16(hi01, hi23))};
+}
+
+// The byte-shuffle path needs whole 16-byte groups in each half-block.
+inline bool shuffle_path(const QuantGemmArgs& a) { return a.bits == 4 && a.blocksize % 32 == 0; }
+
+// x row (k) -> xr (k): per block and per 16 code bytes at offset c of its half, the 32 values
+// A = x[k0 + c ..], B = x[k0 + half + c ..] as decode32 lays them out, at xr[k0 + 2c ..].
+inline void reorder_x(const float* x, int64_t k, int64_t blocksize, float* xr) {
+  const int64_t half = blocksize / 2;
+  for (int64_t k0 = 0; k0 < k; k0 += blocksize)
+    for (int64_t c = 0; c < half; c += 16) {
+      const float* A = x + k0 + c;
+      const float* B = x + k0 + half + c;
+      float* o = xr + k0 + 2 * c;
+      for (int g = 0; g < 4; ++g)
+        for (int j = 0; j < 4; ++j) {
+          o[8 * g + j] = A[4 * g + j];
+          o[8 * g + 4 + j] = B[4 * g + j];
+        }
+    }
+}
+
+// Rows m0 .. m0 + MC of the reordered x (row stride k) against row n of W, 4-bit codes.
+template <int MC>
+inline void dot_rows_shuffled(const QuantGemmArgs& a, const ByteTable& table, const float* xr, int64_t n,
+                              int64_t m0) {
+  // Two accumulators per row, alternating over the four vectors of a decode: on one, a row alone
+  // (batch 1) chains four FMAs per 16 code bytes and waits out their latency. Their use does not
+  // depend on how many rows share a decode, so a row's result has the same bits alone or in a batch.
+  const int64_t blocks = a.k / a.blocksize, half = a.blocksize / 2;
+  const uint8_t* codes = a.codes + n * a.row_bytes;
+  const float* scales = a.scales + n * blocks;
+  const float* x[MC];
+  Vec acc[MC][2];
+  for (int i = 0; i < MC; ++i) {
+    x[i] = xr + (m0 + i) * a.k;
+    acc[i][0] = acc[i][1] = vzero();
+  }
+  for (int64_t b = 0; b < blocks; ++b) {
+    const Vec s = vset(scales[b]);
+    const int64_t k0 = b * a.blocksize;
+    const uint8_t* block = codes + b * half;
+    for (int64_t c = 0; c < half; c += 16) {
+      Vec w[4];
+      decode32(block + c, table, w);
+      for (int g = 0; g < 4; ++g) {
+        w[g] = w[g] * s;
+        for (int i = 0; i < MC; ++i) acc[i][g & 1] = vfma(w[g], vload(x[i] + k0 + 2 * c + 8 * g), acc[i][g & 1]);
+      }
+    }
+  }
+  for (int i = 0; i < MC; ++i) {
+    float* o = a.out + (m0 + i) * a.ldo + n;
+    *o = (a.accumulate ? *o : 0.0f) + vsum(acc[i][0] + acc[i][1]);
+  }
 }
 #endif
 
@@ -91,6 +182,28 @@ void quant_gemm(const QuantGemmArgs& a) {
   const Table table(a.table ? a.table : zero_table);
   // Enough rows of W per work item to amortise the fork: ~64k weights.
   const int64_t grain = max_i64(1, (int64_t(1) << 16) / max_i64(1, a.k));
+#if !defined(KOTOBA_ISA_AVX512)
+  if (shuffle_path(a)) {
+    const ByteTable bytes(a.table ? a.table : zero_table);
+    // The calling thread's scratch, read by every thread of the parallel region below.
+    float* xr = static_cast<float*>(thread_scratch(size_t(a.m * a.k) * sizeof(float)));
+    for (int64_t i = 0; i < a.m; ++i) reorder_x(a.x + i * a.ldx, a.k, a.blocksize, xr + i * a.k);
+    parallel_chunks(a.n, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t m0 = 0; m0 < a.m; m0 += 4) {
+        const int64_t mc = min_i64(4, a.m - m0);
+        for (int64_t n = begin; n < end; ++n) {
+          switch (mc) {
+            case 4: dot_rows_shuffled<4>(a, bytes, xr, n, m0); break;
+            case 3: dot_rows_shuffled<3>(a, bytes, xr, n, m0); break;
+            case 2: dot_rows_shuffled<2>(a, bytes, xr, n, m0); break;
+            default: dot_rows_shuffled<1>(a, bytes, xr, n, m0); break;
+          }
+        }
+      }
+    });
+    return;
+  }
+#endif
   parallel_chunks(a.n, grain, [&](int64_t begin, int64_t end) {
     for (int64_t m0 = 0; m0 < a.m; m0 += 4) {
       const int64_t mc = min_i64(4, a.m - m0);
