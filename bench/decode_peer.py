@@ -5,7 +5,10 @@ with n_seq_max = B; the prompts are decoded one sequence at a time (prefill, not
 then each step is ONE llama_decode of B tokens (one per sequence, each at its own position), so a
 step computes all rows together as kotoba's batched step does. Times the steps after the first
 token: B * (new_tokens - 1) tokens, best of --repeat runs. Prints one JSON line per batch size.
-usage: decode_peer.py MODEL.gguf --threads T --prompt-tokens P --new-tokens N --batches 1,8 [--repeat R]"""
+--no-repack loads the weights as the file stores them (llama.cpp otherwise repacks Q8_0/Q4_0 into
+interleaved layouts for its faster kernels; in llama-cpp-python 0.3.36 those crash on some CPUs).
+usage: decode_peer.py MODEL.gguf --threads T --prompt-tokens P --new-tokens N --batches 1,8 [--repeat R]
+       [--no-repack]"""
 import argparse
 import ctypes
 import json
@@ -21,12 +24,15 @@ ap.add_argument("--prompt-tokens", type=int, default=512)
 ap.add_argument("--new-tokens", type=int, default=128)
 ap.add_argument("--batches", default="1,8")
 ap.add_argument("--repeat", type=int, default=2)
+ap.add_argument("--no-repack", action="store_true")
 a = ap.parse_args()
 
 _quiet = L.llama_log_callback(lambda level, text, user: None)  # llama.cpp's load log would bury the figures
 L.llama_log_set(_quiet, ctypes.c_void_p(0))
 L.llama_backend_init()
 mp = L.llama_model_default_params()
+if a.no_repack:
+    mp.use_extra_bufts = False
 model = L.llama_model_load_from_file(a.gguf.encode(), mp)
 assert model, f"llama.cpp cannot load {a.gguf}"
 n_vocab = L.llama_vocab_n_tokens(L.llama_model_get_vocab(model))
