@@ -21,6 +21,7 @@
 #include "nn/gpt2.h"
 #include "nn/llama.h"
 #include "io/safetensors.h"
+#include "train/checkpoint.h"
 #include "train/plot.h"
 
 namespace kotoba::train {
@@ -169,7 +170,7 @@ T state_field(const json& state, const char* key, const std::string& file) {
 
 }  // namespace
 
-std::string Pretrainer::checkpoint_dir(const std::string& out_dir) { return (fs::path(out_dir) / "checkpoint").string(); }
+std::string Pretrainer::checkpoint_dir(const std::string& out_dir) { return trainer_checkpoint_dir(out_dir); }
 
 PretrainConfig Pretrainer::read_checkpoint_config(const std::string& out_dir) {
   std::string dir = checkpoint_dir(out_dir);
@@ -440,15 +441,12 @@ PretrainResult Pretrainer::run(int64_t stop_after_step) {
       Tensor loss = batch_loss(x, y, mask_seed, uint64_t((step - 1) * c.grad_accum + micro));
       float value = loss.to_vector()[0];
       if (!std::isfinite(value)) {
-        std::string kept = last_checkpoint_step_ > 0
-                               ? "the last good checkpoint (step " + std::to_string(last_checkpoint_step_) + ") is in " +
-                                     checkpoint_dir(c.out)
-                               : std::string("no checkpoint was written yet");
-        throw Error(detail::concat("pretrain: the training loss became ", value, " at step ", step,
-                                   c.grad_accum > 1 ? " (micro-batch " + std::to_string(micro + 1) + " of " +
-                                                          std::to_string(c.grad_accum) + ")"
-                                                    : std::string(),
-                                   "; stopped: ", kept, " (try a lower --lr or a longer --warmup)"));
+        throw Error(stopped_message("pretrain",
+                                    detail::concat("the training loss became ", value, " at step ", step,
+                                                   c.grad_accum > 1 ? " (micro-batch " + std::to_string(micro + 1) +
+                                                                          " of " + std::to_string(c.grad_accum) + ")"
+                                                                    : std::string()),
+                                    "step", last_checkpoint_step_, checkpoint_dir(c.out)));
       }
       loss_sum += value;
       loss.backward();
@@ -457,9 +455,7 @@ PretrainResult Pretrainer::run(int64_t stop_after_step) {
     const float accum = float(c.grad_accum);
     const float norm = global_grad_norm(params) / accum;
     KOTOBA_CHECK(std::isfinite(norm), "pretrain: the gradient norm became ", norm, " at step ", step, "; stopped: ",
-                 last_checkpoint_step_ > 0 ? "the last good checkpoint (step " + std::to_string(last_checkpoint_step_) +
-                                                 ") is in " + checkpoint_dir(c.out)
-                                           : std::string("no checkpoint was written yet"));
+                 last_good_checkpoint("step", last_checkpoint_step_, checkpoint_dir(c.out)));
     const float clip_scale = c.clip > 0 ? clip_coefficient(norm, float(c.clip)) : 1.0f;
     optimizer_->step(clip_scale / accum);
     step_ = step;
