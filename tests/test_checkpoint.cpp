@@ -1,5 +1,6 @@
 // train/checkpoint: a fine-tuning checkpoint round trips the optimizer's parameters, moments and
-// step count; reading one names the file and the key at fault; metrics CSV rows round trip.
+// step count; reading one names the file and the key at fault; metrics CSV rows round trip; the
+// config checks the trainers share name the command and the key.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -12,6 +13,9 @@
 #include "train/checkpoint.h"
 #include "train/loss_log.h"
 #include "train/optim.h"
+#include "train/ppo.h"
+#include "train/reward.h"
+#include "train/sft.h"
 
 using namespace kotoba;
 using namespace kotoba::train;
@@ -137,6 +141,33 @@ TEST_F(CheckpointTest, CsvRowsRoundTripAndSkipCutRows) {
   EXPECT_TRUE(std::isnan(rows[0].values[1]));
   EXPECT_EQ(rows[1].values, (std::vector<double>{1e-9, 2.0}));
   EXPECT_EQ(read_csv_rows(path, 3, 1).size(), 1u);
+}
+
+TEST_F(CheckpointTest, SharedConfigChecksNameTheCommandAndTheKey) {
+  train::SftConfig sft;
+  sft.model = sft.data = "x";
+  sft.beta2 = 1;
+  EXPECT_NE(error_of([&] { validate_sft_config(sft); }).find("sft config: 'beta2' must be in [0, 1), got 1"),
+            std::string::npos);
+  sft.beta2 = 0.999;
+  sft.lr = 1e-4;
+  sft.min_lr = 1e-3;
+  EXPECT_NE(error_of([&] { validate_sft_config(sft); }).find("sft config: 'min_lr' (0.001) must not exceed 'lr' (0.0001)"),
+            std::string::npos);
+  train::RewardConfig reward;
+  reward.model = reward.data = "x";
+  reward.lr = 0;
+  EXPECT_NE(error_of([&] { validate_reward_config(reward); }).find("reward config: 'lr' must be positive, got 0"),
+            std::string::npos);
+  train::PpoConfig ppo;
+  ppo.model = "x";
+  ppo.threads = -1;
+  EXPECT_NE(error_of([&] { validate_ppo_config(ppo); }).find("ppo config: 'threads' must not be negative, got -1"),
+            std::string::npos);
+  ppo.threads = 0;
+  ppo.lora_alpha = 0;
+  EXPECT_NE(error_of([&] { validate_ppo_config(ppo); }).find("ppo config: 'lora_alpha' must be positive, got 0"),
+            std::string::npos);
 }
 
 }  // namespace

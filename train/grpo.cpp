@@ -260,24 +260,12 @@ void validate_grpo_config(const GrpoConfig& c) {
   KOTOBA_CHECK(c.steps > 0 || c.epochs > 0, "grpo config: give 'steps' or a positive 'epochs'");
   non_negative(c.epochs, "epochs");
   non_negative(double(c.steps), "steps");
-  non_negative(c.lr, "lr");
-  non_negative(c.min_lr, "min_lr");
-  KOTOBA_CHECK(c.lr == 0 || c.min_lr <= c.lr, "grpo config: 'min_lr' (", c.min_lr, ") must not exceed 'lr' (", c.lr, ")");
-  non_negative(double(c.warmup), "warmup");
-  non_negative(c.weight_decay, "weight_decay");
-  KOTOBA_CHECK(c.beta1 >= 0 && c.beta1 < 1, "grpo config: 'beta1' must be in [0, 1), got ", c.beta1);
-  KOTOBA_CHECK(c.beta2 >= 0 && c.beta2 < 1, "grpo config: 'beta2' must be in [0, 1), got ", c.beta2);
-  KOTOBA_CHECK(c.eps > 0, "grpo config: 'eps' must be positive, got ", c.eps);
-  non_negative(c.clip, "clip");
-  non_negative(double(c.lora_r), "lora_r");
-  KOTOBA_CHECK(c.lora_alpha > 0, "grpo config: 'lora_alpha' must be positive, got ", c.lora_alpha);
+  validate_optimizer_config(c, "grpo");
+  validate_lora_config(c, "grpo");
   KOTOBA_CHECK(c.lora_r > 0 || (c.lora_targets.empty() && c.merge == 0),
                "grpo config: 'lora_targets' and 'merge' apply with LoRA (set 'lora_r')");
   KOTOBA_CHECK(c.merge == 0 || c.merge == 1, "grpo config: 'merge' must be 0 or 1, got ", c.merge);
-  non_negative(double(c.eval_every), "eval_every");
-  non_negative(double(c.checkpoint_every), "checkpoint_every");
-  non_negative(double(c.seed), "seed");
-  non_negative(double(c.threads), "threads");
+  validate_run_config(c, "grpo");
   KOTOBA_CHECK(!c.out.empty(), "grpo config: 'out' (the output directory) is required");
 }
 

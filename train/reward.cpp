@@ -99,27 +99,15 @@ void validate_reward_config(const RewardConfig& c) {
   KOTOBA_CHECK(c.steps > 0 || c.epochs > 0, "reward config: give 'steps' or a positive 'epochs'");
   non_negative(c.epochs, "epochs");
   non_negative(double(c.steps), "steps");
-  KOTOBA_CHECK(c.lr > 0, "reward config: 'lr' must be positive, got ", c.lr);
-  non_negative(c.min_lr, "min_lr");
-  KOTOBA_CHECK(c.min_lr <= c.lr, "reward config: 'min_lr' (", c.min_lr, ") must not exceed 'lr' (", c.lr, ")");
-  non_negative(double(c.warmup), "warmup");
-  non_negative(c.weight_decay, "weight_decay");
-  KOTOBA_CHECK(c.beta1 >= 0 && c.beta1 < 1, "reward config: 'beta1' must be in [0, 1), got ", c.beta1);
-  KOTOBA_CHECK(c.beta2 >= 0 && c.beta2 < 1, "reward config: 'beta2' must be in [0, 1), got ", c.beta2);
-  KOTOBA_CHECK(c.eps > 0, "reward config: 'eps' must be positive, got ", c.eps);
-  non_negative(c.clip, "clip");
+  validate_optimizer_config(c, "reward", /*lr_required=*/true);
   non_negative(c.center_rewards_coefficient, "center_rewards_coefficient");
   KOTOBA_CHECK(c.disable_dropout == 0 || c.disable_dropout == 1, "reward config: 'disable_dropout' must be 0 or 1, got ",
                c.disable_dropout);
-  non_negative(double(c.lora_r), "lora_r");
-  KOTOBA_CHECK(c.lora_alpha > 0, "reward config: 'lora_alpha' must be positive, got ", c.lora_alpha);
+  validate_lora_config(c, "reward");
   KOTOBA_CHECK(c.lora_dropout >= 0 && c.lora_dropout < 1, "reward config: 'lora_dropout' must be in [0, 1), got ",
                c.lora_dropout);
   KOTOBA_CHECK(c.lora_r > 0 || c.lora_targets.empty(), "reward config: 'lora_targets' applies with LoRA (set 'lora_r')");
-  non_negative(double(c.eval_every), "eval_every");
-  non_negative(double(c.checkpoint_every), "checkpoint_every");
-  non_negative(double(c.seed), "seed");
-  non_negative(double(c.threads), "threads");
+  validate_run_config(c, "reward");
   KOTOBA_CHECK(!c.out.empty(), "reward config: 'out' (the output directory) is required");
 }
 

@@ -98,17 +98,8 @@ void validate_sft_config(const SftConfig& c) {
   KOTOBA_CHECK(c.steps > 0 || c.epochs > 0, "sft config: give 'steps' or a positive 'epochs'");
   non_negative(c.epochs, "epochs");
   non_negative(double(c.steps), "steps");
-  non_negative(c.lr, "lr");
-  non_negative(c.min_lr, "min_lr");
-  KOTOBA_CHECK(c.lr == 0 || c.min_lr <= c.lr, "sft config: 'min_lr' (", c.min_lr, ") must not exceed 'lr' (", c.lr, ")");
-  non_negative(double(c.warmup), "warmup");
-  non_negative(c.weight_decay, "weight_decay");
-  KOTOBA_CHECK(c.beta1 >= 0 && c.beta1 < 1, "sft config: 'beta1' must be in [0, 1), got ", c.beta1);
-  KOTOBA_CHECK(c.beta2 >= 0 && c.beta2 < 1, "sft config: 'beta2' must be in [0, 1), got ", c.beta2);
-  KOTOBA_CHECK(c.eps > 0, "sft config: 'eps' must be positive, got ", c.eps);
-  non_negative(c.clip, "clip");
-  non_negative(double(c.lora_r), "lora_r");
-  KOTOBA_CHECK(c.lora_alpha > 0, "sft config: 'lora_alpha' must be positive, got ", c.lora_alpha);
+  validate_optimizer_config(c, "sft");
+  validate_lora_config(c, "sft");
   KOTOBA_CHECK(c.lora_dropout >= 0 && c.lora_dropout < 1, "sft config: 'lora_dropout' must be in [0, 1), got ",
                c.lora_dropout);
   KOTOBA_CHECK(c.lora_r > 0 || (c.lora_targets.empty() && c.merge == 0 && c.quantize.empty()),
@@ -117,10 +108,7 @@ void validate_sft_config(const SftConfig& c) {
   KOTOBA_CHECK(c.quantize.empty() || c.merge == 0,
                "sft config: 'merge' cannot merge into a quantised base; merge the adapter into the f32 base with "
                "kotoba lora merge BASE OUT/adapter MERGED");
-  non_negative(double(c.eval_every), "eval_every");
-  non_negative(double(c.checkpoint_every), "checkpoint_every");
-  non_negative(double(c.seed), "seed");
-  non_negative(double(c.threads), "threads");
+  validate_run_config(c, "sft");
   KOTOBA_CHECK(!c.out.empty(), "sft config: 'out' (the output directory) is required");
 }
 
