@@ -119,6 +119,17 @@ TEST_F(CheckpointTest, ErrorsNameTheFileAndTheKey) {
             std::string::npos);
 }
 
+TEST_F(CheckpointTest, OutputDirWithACheckpointNeedsResume) {
+  const std::string out = out_ + "/run";
+  prepare_output_dir("sft", out, false);
+  EXPECT_TRUE(std::filesystem::is_directory(out));
+  std::filesystem::create_directories(trainer_checkpoint_dir(out));
+  EXPECT_NE(error_of([&] { prepare_output_dir("sft", out, false); })
+                .find("sft: '" + out + "' already holds a checkpoint; pass --resume to continue it"),
+            std::string::npos);
+  prepare_output_dir("sft", out, true);
+}
+
 TEST_F(CheckpointTest, StoppedMessageNamesTheLastGoodCheckpoint) {
   EXPECT_EQ(stopped_message("ppo", "the loss became nan", "update", 20, "OUT/checkpoint"),
             "ppo: the loss became nan; stopped: the last good checkpoint (update 20) is in OUT/checkpoint (try a "

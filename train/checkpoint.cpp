@@ -107,6 +107,12 @@ void restore_trainer_checkpoint(const TrainerState& state, AdamW& optimizer) {
   optimizer.set_step_count(state.integer("adamw_step"));
 }
 
+void prepare_output_dir(const std::string& command, const std::string& out_dir, bool resuming) {
+  fs::create_directories(out_dir);
+  KOTOBA_CHECK(resuming || !fs::exists(trainer_checkpoint_dir(out_dir)), command, ": '", out_dir,
+               "' already holds a checkpoint; pass --resume to continue it, or choose another --out");
+}
+
 std::string last_good_checkpoint(const char* unit, int64_t last_checkpoint, const std::string& checkpoint_dir) {
   return last_checkpoint > 0 ? detail::concat("the last good checkpoint (", unit, " ", last_checkpoint, ") is in ",
                                               checkpoint_dir)

@@ -104,6 +104,10 @@ TrainerState read_resumable_trainer_state(const C& config_now, const CheckpointK
 // moments, and its step count from adamw_step.
 void restore_trainer_checkpoint(const TrainerState& state, AdamW& optimizer);
 
+// Creates OUT for a run: an Error ("COMMAND: 'OUT' already holds a checkpoint; pass --resume ...")
+// where it holds a checkpoint that the run does not resume.
+void prepare_output_dir(const std::string& command, const std::string& out_dir, bool resuming);
+
 // "the last good checkpoint (UNIT N) is in DIR", or "no checkpoint was written yet" where N is 0.
 std::string last_good_checkpoint(const char* unit, int64_t last_checkpoint, const std::string& checkpoint_dir);
 // The message of a run stopped by divergence: "COMMAND: WHAT; stopped: " the above, and a hint.

@@ -590,16 +590,10 @@ DpoResult DpoTrainer::run(int64_t stop_after_step) {
   State& s = *state_;
   const DpoConfig& c = config_;
   fs::path out(c.out);
-  fs::create_directories(out);
-  KOTOBA_CHECK(s.resumed || !fs::exists(checkpoint_dir(c.out)), "dpo: '", c.out,
-               "' already holds a checkpoint; pass --resume to continue it, or choose another --out");
+  prepare_output_dir("dpo", c.out, s.resumed);
   const std::string csv_path = (out / "loss.csv").string(), metrics_path = (out / "metrics.csv").string();
   write_loss_csv(csv_path, s.rows);
-  {
-    std::string text = kMetricsHeader;
-    for (const auto& r : s.metric_rows) text += metrics_line(r);
-    write_file_atomically(metrics_path, text);
-  }
+  write_csv_file(metrics_path, kMetricsHeader, s.metric_rows, metrics_line);
   auto write_plots = [&]() {
     write_loss_plot((out / "loss.png").string(), s.rows, "DPO loss");
     Series acc{"reward accuracy", {}, {}}, margin{"reward margin", {}, {}}, val_acc{"validation accuracy", {}, {}},

@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "core/atomic_file.h"
+
 namespace kotoba::train {
 
 // One row of loss.csv. val_loss is NaN where no validation ran at that step.
@@ -24,6 +26,14 @@ std::vector<LossRow> read_loss_csv(const std::string& path, int64_t up_to_step);
 // The CSV files beside loss.csv (metrics.csv) share its cells: a step, then numbers as %.8g,
 // empty where not finite.
 std::string csv_number(double v);
+// Rewrites `path` atomically: `header`, then line_of(row) for each row (a run's metrics.csv as
+// far as it goes, when it starts or resumes).
+template <typename Row, typename LineOf>
+void write_csv_file(const std::string& path, const std::string& header, const std::vector<Row>& rows, LineOf line_of) {
+  std::string text = header;
+  for (const Row& r : rows) text += line_of(r);
+  write_file_atomically(path, text);
+}
 // "STEP,V1,V2,...\n".
 std::string csv_line(int64_t step, std::span<const double> values);
 // Appends a line (flushed; an Error naming the file if it cannot be written).

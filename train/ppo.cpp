@@ -441,16 +441,10 @@ PpoResult PpoTrainer::run(int64_t stop_after_update) {
   State& s = *state_;
   const PpoConfig& c = config_;
   fs::path out(c.out);
-  fs::create_directories(out);
-  KOTOBA_CHECK(s.resumed || !fs::exists(checkpoint_dir(c.out)), "ppo: '", c.out,
-               "' already holds a checkpoint; pass --resume to continue it, or choose another --out");
+  prepare_output_dir("ppo", c.out, s.resumed);
   const std::string csv_path = (out / "loss.csv").string(), metrics_path = (out / "metrics.csv").string();
   write_loss_csv(csv_path, s.rows);
-  {
-    std::string text = kMetricsHeader;
-    for (const auto& r : s.metric_rows) text += metrics_line(r);
-    write_file_atomically(metrics_path, text);
-  }
+  write_csv_file(metrics_path, kMetricsHeader, s.metric_rows, metrics_line);
   auto write_plots = [&]() {
     write_loss_plot((out / "loss.png").string(), s.rows, "PPO loss (policy + vf_coef x value)");
     if (s.metric_rows.empty()) return;

@@ -513,9 +513,7 @@ SftResult SftTrainer::run(int64_t stop_after_step) {
   State& s = *state_;
   const SftConfig& c = config_;
   fs::path out(c.out);
-  fs::create_directories(out);
-  KOTOBA_CHECK(s.resumed || !fs::exists(checkpoint_dir(c.out)), "sft: '", c.out,
-               "' already holds a checkpoint; pass --resume to continue it, or choose another --out");
+  prepare_output_dir("sft", c.out, s.resumed);
   const std::string csv_path = (out / "loss.csv").string();
   write_loss_csv(csv_path, s.rows);
   const int64_t end_step = stop_after_step > 0 ? std::min(stop_after_step, total_steps_) : total_steps_;

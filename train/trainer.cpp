@@ -402,9 +402,7 @@ void Pretrainer::write_loss_files() {
 PretrainResult Pretrainer::run(int64_t stop_after_step) {
   const PretrainConfig& c = config_;
   fs::path out(c.out);
-  fs::create_directories(out);
-  KOTOBA_CHECK(resumed_ || !fs::exists(checkpoint_dir(c.out)), "pretrain: '", c.out,
-               "' already holds a checkpoint; pass --resume to continue it, or choose another --out");
+  prepare_output_dir("pretrain", c.out, resumed_);
   for (auto& entry : fs::directory_iterator(out)) {  // leftovers of a run killed mid-checkpoint
     if (entry.path().filename().string().rfind(".checkpoint.tmp-", 0) == 0) {
       std::error_code ec;
