@@ -18,4 +18,12 @@ nlohmann::json read_config_file(const std::string& path) {
   }
 }
 
+void check_non_negative(const char* command, const char* key, double v) {
+  KOTOBA_CHECK(v >= 0, command, " config: '", key, "' must not be negative, got ", v);
+}
+
+void check_in_unit_interval(const char* command, const char* key, double v) {
+  KOTOBA_CHECK(v >= 0 && v < 1, command, " config: '", key, "' must be in [0, 1), got ", v);
+}
+
 }  // namespace kotoba::train

@@ -88,4 +88,44 @@ void check_resumable(const C& saved, const C& now, const std::string& checkpoint
   }
 }
 
+// Checks the fine-tuning configs share; their errors read "COMMAND config: 'KEY' ...".
+void check_non_negative(const char* command, const char* key, double v);
+void check_in_unit_interval(const char* command, const char* key, double v);  // [0, 1)
+
+// lr (0: the trainer's default, unless lr_required), min_lr, warmup, weight_decay, beta1, beta2,
+// eps and clip.
+template <typename C>
+void validate_optimizer_config(const C& c, const char* command, bool lr_required = false) {
+  if (lr_required) {
+    KOTOBA_CHECK(c.lr > 0, command, " config: 'lr' must be positive, got ", c.lr);
+  } else {
+    check_non_negative(command, "lr", c.lr);
+  }
+  check_non_negative(command, "min_lr", c.min_lr);
+  KOTOBA_CHECK((!lr_required && c.lr == 0) || c.min_lr <= c.lr, command, " config: 'min_lr' (", c.min_lr,
+               ") must not exceed 'lr' (", c.lr, ")");
+  check_non_negative(command, "warmup", double(c.warmup));
+  check_non_negative(command, "weight_decay", c.weight_decay);
+  check_in_unit_interval(command, "beta1", c.beta1);
+  check_in_unit_interval(command, "beta2", c.beta2);
+  KOTOBA_CHECK(c.eps > 0, command, " config: 'eps' must be positive, got ", c.eps);
+  check_non_negative(command, "clip", c.clip);
+}
+
+// lora_r and lora_alpha.
+template <typename C>
+void validate_lora_config(const C& c, const char* command) {
+  check_non_negative(command, "lora_r", double(c.lora_r));
+  KOTOBA_CHECK(c.lora_alpha > 0, command, " config: 'lora_alpha' must be positive, got ", c.lora_alpha);
+}
+
+// eval_every, checkpoint_every, seed and threads.
+template <typename C>
+void validate_run_config(const C& c, const char* command) {
+  check_non_negative(command, "eval_every", double(c.eval_every));
+  check_non_negative(command, "checkpoint_every", double(c.checkpoint_every));
+  check_non_negative(command, "seed", double(c.seed));
+  check_non_negative(command, "threads", double(c.threads));
+}
+
 }  // namespace kotoba::train

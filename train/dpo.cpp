@@ -10,10 +10,8 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <numeric>
 #include <optional>
-#include <sstream>
 
 #include "chat/chat_template.h"
 #include "core/atomic_file.h"
@@ -28,6 +26,7 @@
 #include "nn/lora.h"
 #include "ops/ops.h"
 #include "tokenizer/tokenizer.h"
+#include "train/checkpoint.h"
 #include "train/logprobs.h"
 #include "train/loss_log.h"
 #include "train/optim.h"
@@ -214,23 +213,11 @@ void validate_dpo_config(const DpoConfig& c) {
   KOTOBA_CHECK(c.steps > 0 || c.epochs > 0, "dpo config: give 'steps' or a positive 'epochs'");
   non_negative(c.epochs, "epochs");
   non_negative(double(c.steps), "steps");
-  non_negative(c.lr, "lr");
-  non_negative(c.min_lr, "min_lr");
-  KOTOBA_CHECK(c.lr == 0 || c.min_lr <= c.lr, "dpo config: 'min_lr' (", c.min_lr, ") must not exceed 'lr' (", c.lr, ")");
-  non_negative(double(c.warmup), "warmup");
-  non_negative(c.weight_decay, "weight_decay");
-  KOTOBA_CHECK(c.beta1 >= 0 && c.beta1 < 1, "dpo config: 'beta1' must be in [0, 1), got ", c.beta1);
-  KOTOBA_CHECK(c.beta2 >= 0 && c.beta2 < 1, "dpo config: 'beta2' must be in [0, 1), got ", c.beta2);
-  KOTOBA_CHECK(c.eps > 0, "dpo config: 'eps' must be positive, got ", c.eps);
-  non_negative(c.clip, "clip");
-  non_negative(double(c.lora_r), "lora_r");
-  KOTOBA_CHECK(c.lora_alpha > 0, "dpo config: 'lora_alpha' must be positive, got ", c.lora_alpha);
+  validate_optimizer_config(c, "dpo");
+  validate_lora_config(c, "dpo");
   KOTOBA_CHECK(c.lora_r > 0 || (c.lora_targets.empty() && c.merge == 0),
                "dpo config: 'lora_targets' and 'merge' apply with LoRA (set 'lora_r')");
-  non_negative(double(c.eval_every), "eval_every");
-  non_negative(double(c.checkpoint_every), "checkpoint_every");
-  non_negative(double(c.seed), "seed");
-  non_negative(double(c.threads), "threads");
+  validate_run_config(c, "dpo");
   KOTOBA_CHECK(!c.out.empty(), "dpo config: 'out' (the output directory) is required");
 }
 
@@ -242,18 +229,10 @@ struct TokenPair {
   data::PackingExample chosen, rejected;
 };
 
-constexpr const char* kStateFormat = "kotoba-dpo-checkpoint";
-constexpr int kStateVersion = 1;
+constexpr CheckpointKind kCheckpoint{"kotoba-dpo-checkpoint", "DPO", 1};
 constexpr const char* kMetricsHeader =
     "step,loss,rewards_chosen,rewards_rejected,accuracy,margin,val_loss,val_rewards_chosen,val_rewards_rejected,"
     "val_accuracy,val_margin\n";
-
-std::string csv_number(double v) {
-  if (!std::isfinite(v)) return "";
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%.8g", v);
-  return buf;
-}
 
 struct MetricsRow {
   int64_t step = 0;
@@ -263,42 +242,37 @@ struct MetricsRow {
 std::string metrics_line(const MetricsRow& r) {
   const bool v = r.val.pairs > 0;
   const double nan = std::nan("");
-  return std::to_string(r.step) + "," + csv_number(r.train.loss) + "," + csv_number(r.train.rewards_chosen) + "," +
-         csv_number(r.train.rewards_rejected) + "," + csv_number(r.train.accuracy) + "," + csv_number(r.train.margin) +
-         "," + csv_number(v ? r.val.loss : nan) + "," + csv_number(v ? r.val.rewards_chosen : nan) + "," +
-         csv_number(v ? r.val.rewards_rejected : nan) + "," + csv_number(v ? r.val.accuracy : nan) + "," +
-         csv_number(v ? r.val.margin : nan) + "\n";
+  const double values[] = {r.train.loss,
+                           r.train.rewards_chosen,
+                           r.train.rewards_rejected,
+                           r.train.accuracy,
+                           r.train.margin,
+                           v ? r.val.loss : nan,
+                           v ? r.val.rewards_chosen : nan,
+                           v ? r.val.rewards_rejected : nan,
+                           v ? r.val.accuracy : nan,
+                           v ? r.val.margin : nan};
+  return csv_line(r.step, values);
 }
 
 std::vector<MetricsRow> read_metrics_csv(const std::string& path, int64_t up_to_step) {
   std::vector<MetricsRow> rows;
-  std::ifstream in(path);
-  if (!in) return rows;
-  std::string line;
-  std::getline(in, line);
-  while (std::getline(in, line)) {
-    std::vector<std::string> cells;
-    std::stringstream ss(line);
-    std::string cell;
-    while (std::getline(ss, cell, ',')) cells.push_back(cell);
-    if (!line.empty() && line.back() == ',') cells.push_back("");
-    if (cells.size() != 11) continue;  // a row cut short by a kill
-    auto num = [](const std::string& s) { return s.empty() ? std::nan("") : std::strtod(s.c_str(), nullptr); };
-    MetricsRow r;
-    r.step = std::strtoll(cells[0].c_str(), nullptr, 10);
+  for (const CsvRow& c : read_csv_rows(path, 11, up_to_step)) {
     auto metrics = [&](size_t at) {
       DpoMetrics m;
-      m.loss = num(cells[at]);
-      m.rewards_chosen = num(cells[at + 1]);
-      m.rewards_rejected = num(cells[at + 2]);
-      m.accuracy = num(cells[at + 3]);
-      m.margin = num(cells[at + 4]);
+      m.loss = c.values[at];
+      m.rewards_chosen = c.values[at + 1];
+      m.rewards_rejected = c.values[at + 2];
+      m.accuracy = c.values[at + 3];
+      m.margin = c.values[at + 4];
       m.pairs = 1;
       return m;
     };
-    r.train = metrics(1);
-    if (!cells[6].empty()) r.val = metrics(6);
-    if (r.step <= up_to_step) rows.push_back(r);
+    MetricsRow r;
+    r.step = c.step;
+    r.train = metrics(0);
+    if (!std::isnan(c.values[5])) r.val = metrics(5);  // an empty val_loss: no validation at this step
+    rows.push_back(r);
   }
   return rows;
 }
@@ -565,66 +539,32 @@ std::vector<double> DpoTrainer::reference_logps(const SftBatch& b, std::span<con
 
 void DpoTrainer::save_checkpoint() {
   State& s = *state_;
-  const std::string target = checkpoint_dir(config_.out);
-  write_directory_atomically(target, [&](const std::string& tmp) {
-    std::map<std::string, Tensor> weights;
-    for (auto& slot : s.optimizer->slots()) weights[slot.name] = slot.param.detach();
-    save_safetensors((fs::path(tmp) / "trainable.safetensors").string(), weights, {{"format", "pt"}});
-    save_adamw_moments(*s.optimizer, (fs::path(tmp) / "optimizer.safetensors").string());
-    auto num = [](double v) { return std::isfinite(v) ? json(v) : json(nullptr); };
-    json state{{"format", kStateFormat},
-               {"version", kStateVersion},
-               {"step", s.step},
-               {"total_steps", total_steps_},
-               {"epoch", s.epoch},
-               {"position", s.position},
-               {"adamw_step", s.optimizer->step_count()},
-               {"train_loss", num(s.last_train.loss)},
-               {"train_accuracy", num(s.last_train.accuracy)},
-               {"train_margin", num(s.last_train.margin)},
-               {"config", config_to_json(config_, dpo_config_fields())}};
-    write_file_atomically((fs::path(tmp) / "trainer_state.json").string(), state.dump(2) + "\n");
-  });
+  save_trainer_checkpoint(checkpoint_dir(config_.out), *s.optimizer, kCheckpoint,
+                          {{"step", s.step},
+                           {"total_steps", total_steps_},
+                           {"epoch", s.epoch},
+                           {"position", s.position},
+                           {"train_loss", json_number(s.last_train.loss)},
+                           {"train_accuracy", json_number(s.last_train.accuracy)},
+                           {"train_margin", json_number(s.last_train.margin)},
+                           {"config", config_to_json(config_, dpo_config_fields())}});
   s.last_checkpoint_step = s.step;
 }
 
 DpoConfig DpoTrainer::read_checkpoint_config(const std::string& out_dir) {
-  const std::string path = (fs::path(checkpoint_dir(out_dir)) / "trainer_state.json").string();
-  KOTOBA_CHECK(fs::is_regular_file(path), "resume: no checkpoint in '", out_dir, "' (", path, " is missing)");
-  json state = read_config_file(path);
-  KOTOBA_CHECK(state.is_object() && state.value("format", "") == kStateFormat, path,
-               ": not a kotoba DPO checkpoint (key 'format' should be \"", kStateFormat, "\")");
-  auto it = state.find("config");
-  KOTOBA_CHECK(it != state.end() && it->is_object(), path, ": key 'config' is missing");
-  DpoConfig config;
-  apply_config_json(config, *it, path + " (config)", dpo_config_fields());
-  return config;
+  return read_trainer_checkpoint_config(TrainerState(out_dir, kCheckpoint), dpo_config_fields());
 }
 
 void DpoTrainer::resume() {
   State& s = *state_;
-  const std::string dir = checkpoint_dir(config_.out);
-  const std::string state_path = (fs::path(dir) / "trainer_state.json").string();
-  const DpoConfig saved = read_checkpoint_config(config_.out);
-  check_resumable(saved, config_, state_path, dpo_config_fields());
-  json state = read_config_file(state_path);
-  KOTOBA_CHECK(state.value("version", 0) == kStateVersion, state_path, ": version ", state["version"].dump(),
-               " is not supported (expected ", kStateVersion, ")");
-  auto field = [&](const char* key) -> const json& {
-    auto it = state.find(key);
-    KOTOBA_CHECK(it != state.end() && it->is_number(), state_path, ": key '", key, "' is missing or not a number");
-    return *it;
-  };
-  const int64_t step = field("step").get<int64_t>();
+  const TrainerState state = read_resumable_trainer_state(config_, kCheckpoint, dpo_config_fields());
+  const std::string& state_path = state.path();
+  const int64_t step = state.integer("step");
   KOTOBA_CHECK(step >= 0 && step <= total_steps_, state_path, ": step ", step, " is beyond the run's ", total_steps_,
                " steps");
-  const std::string weights_path = (fs::path(dir) / "trainable.safetensors").string();
-  SafeTensors weights = load_safetensors(weights_path);
-  for (auto& slot : s.optimizer->slots()) restore_checkpoint_tensor(weights.tensors, weights_path, slot.name, slot.param);
-  load_adamw_moments(*s.optimizer, (fs::path(dir) / "optimizer.safetensors").string());
-  s.optimizer->set_step_count(field("adamw_step").get<int64_t>());
+  restore_trainer_checkpoint(state, *s.optimizer);
   s.step = step;
-  const int64_t epoch = field("epoch").get<int64_t>(), position = field("position").get<int64_t>();
+  const int64_t epoch = state.integer("epoch"), position = state.integer("position");
   if (epoch >= 0) {
     s.epoch = epoch;
     s.order = permutation(s.train.size(), mix64(uint64_t(config_.seed) + uint64_t(epoch)));
@@ -632,16 +572,16 @@ void DpoTrainer::resume() {
                  " is outside epoch ", epoch, " (", s.order.size(), " pairs)");
     s.position = position;
   }
-  auto opt = [&](const char* key) { return state[key].is_number() ? state[key].get<double>() : std::nan(""); };
-  s.last_train.loss = opt("train_loss");
-  s.last_train.accuracy = opt("train_accuracy");
-  s.last_train.margin = opt("train_margin");
+  s.last_train.loss = state.optional_number("train_loss");
+  s.last_train.accuracy = state.optional_number("train_accuracy");
+  s.last_train.margin = state.optional_number("train_margin");
   s.last_checkpoint_step = step;
   s.resumed = true;
   s.rows = read_loss_csv((fs::path(config_.out) / "loss.csv").string(), step);
   s.metric_rows = read_metrics_csv((fs::path(config_.out) / "metrics.csv").string(), step);
   if (options_.log)
-    options_.log("resumed from " + dir + " at step " + std::to_string(step) + " of " + std::to_string(total_steps_));
+    options_.log("resumed from " + state.dir() + " at step " + std::to_string(step) + " of " +
+                 std::to_string(total_steps_));
 }
 
 // ---- the loop ----
@@ -650,16 +590,10 @@ DpoResult DpoTrainer::run(int64_t stop_after_step) {
   State& s = *state_;
   const DpoConfig& c = config_;
   fs::path out(c.out);
-  fs::create_directories(out);
-  KOTOBA_CHECK(s.resumed || !fs::exists(checkpoint_dir(c.out)), "dpo: '", c.out,
-               "' already holds a checkpoint; pass --resume to continue it, or choose another --out");
+  prepare_output_dir("dpo", c.out, s.resumed);
   const std::string csv_path = (out / "loss.csv").string(), metrics_path = (out / "metrics.csv").string();
   write_loss_csv(csv_path, s.rows);
-  {
-    std::string text = kMetricsHeader;
-    for (const auto& r : s.metric_rows) text += metrics_line(r);
-    write_file_atomically(metrics_path, text);
-  }
+  write_csv_file(metrics_path, kMetricsHeader, s.metric_rows, metrics_line);
   auto write_plots = [&]() {
     write_loss_plot((out / "loss.png").string(), s.rows, "DPO loss");
     Series acc{"reward accuracy", {}, {}}, margin{"reward margin", {}, {}}, val_acc{"validation accuracy", {}, {}},
@@ -686,11 +620,7 @@ DpoResult DpoTrainer::run(int64_t stop_after_step) {
   // (a model that spreads its bets evenly scores ln V).
   const double explode_nll = 4.0 * std::log(double(model.vocab_size()));
   auto stopped = [&](const std::string& what) {
-    const std::string kept = s.last_checkpoint_step > 0
-                                 ? "the last good checkpoint (step " + std::to_string(s.last_checkpoint_step) +
-                                       ") is in " + checkpoint_dir(c.out)
-                                 : std::string("no checkpoint was written yet");
-    throw Error("dpo: " + what + "; stopped: " + kept + " (try a lower --lr or a longer --warmup)");
+    throw Error(stopped_message("dpo", what, "step", s.last_checkpoint_step, checkpoint_dir(c.out)));
   };
 
   SftConfig schedule;  // the SFT loop's warm-up and cosine decay
@@ -769,12 +699,7 @@ DpoResult DpoTrainer::run(int64_t stop_after_step) {
       append_loss_csv(csv_path, row);
       MetricsRow mrow{step, mean, eval_now ? val : DpoMetrics{}};
       s.metric_rows.push_back(mrow);
-      {
-        std::ofstream csv(metrics_path, std::ios::app);
-        csv << metrics_line(mrow);
-        csv.flush();
-        KOTOBA_CHECK(csv, metrics_path, ": cannot append");
-      }
+      append_csv_line(metrics_path, metrics_line(mrow));
       row_start = clock::now();
       row_metrics = {};
       row_tokens = 0;
@@ -817,8 +742,6 @@ DpoResult DpoTrainer::run(int64_t stop_after_step) {
   return result;
 }
 
-std::string DpoTrainer::checkpoint_dir(const std::string& out_dir) {
-  return (fs::path(out_dir) / "checkpoint").string();
-}
+std::string DpoTrainer::checkpoint_dir(const std::string& out_dir) { return trainer_checkpoint_dir(out_dir); }
 
 }  // namespace kotoba::train

@@ -12,10 +12,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <numeric>
 #include <optional>
-#include <sstream>
 
 
 #include "core/atomic_file.h"
@@ -31,6 +29,7 @@
 #include "nn/lora.h"
 #include "ops/ops.h"
 #include "tokenizer/tokenizer.h"
+#include "train/checkpoint.h"
 #include "train/logprobs.h"
 #include "train/loss_log.h"
 #include "train/optim.h"
@@ -261,24 +260,12 @@ void validate_grpo_config(const GrpoConfig& c) {
   KOTOBA_CHECK(c.steps > 0 || c.epochs > 0, "grpo config: give 'steps' or a positive 'epochs'");
   non_negative(c.epochs, "epochs");
   non_negative(double(c.steps), "steps");
-  non_negative(c.lr, "lr");
-  non_negative(c.min_lr, "min_lr");
-  KOTOBA_CHECK(c.lr == 0 || c.min_lr <= c.lr, "grpo config: 'min_lr' (", c.min_lr, ") must not exceed 'lr' (", c.lr, ")");
-  non_negative(double(c.warmup), "warmup");
-  non_negative(c.weight_decay, "weight_decay");
-  KOTOBA_CHECK(c.beta1 >= 0 && c.beta1 < 1, "grpo config: 'beta1' must be in [0, 1), got ", c.beta1);
-  KOTOBA_CHECK(c.beta2 >= 0 && c.beta2 < 1, "grpo config: 'beta2' must be in [0, 1), got ", c.beta2);
-  KOTOBA_CHECK(c.eps > 0, "grpo config: 'eps' must be positive, got ", c.eps);
-  non_negative(c.clip, "clip");
-  non_negative(double(c.lora_r), "lora_r");
-  KOTOBA_CHECK(c.lora_alpha > 0, "grpo config: 'lora_alpha' must be positive, got ", c.lora_alpha);
+  validate_optimizer_config(c, "grpo");
+  validate_lora_config(c, "grpo");
   KOTOBA_CHECK(c.lora_r > 0 || (c.lora_targets.empty() && c.merge == 0),
                "grpo config: 'lora_targets' and 'merge' apply with LoRA (set 'lora_r')");
   KOTOBA_CHECK(c.merge == 0 || c.merge == 1, "grpo config: 'merge' must be 0 or 1, got ", c.merge);
-  non_negative(double(c.eval_every), "eval_every");
-  non_negative(double(c.checkpoint_every), "checkpoint_every");
-  non_negative(double(c.seed), "seed");
-  non_negative(double(c.threads), "threads");
+  validate_run_config(c, "grpo");
   KOTOBA_CHECK(!c.out.empty(), "grpo config: 'out' (the output directory) is required");
 }
 
@@ -286,16 +273,8 @@ void validate_grpo_config(const GrpoConfig& c) {
 
 namespace {
 
-constexpr const char* kStateFormat = "kotoba-grpo-checkpoint";
-constexpr int kStateVersion = 1;
+constexpr CheckpointKind kCheckpoint{"kotoba-grpo-checkpoint", "GRPO", 1};
 constexpr const char* kMetricsHeader = "step,loss,reward,reward_std,kl,clip_ratio,completion_length,val_reward\n";
-
-std::string csv_number(double v) {
-  if (!std::isfinite(v)) return "";
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%.8g", v);
-  return buf;
-}
 
 struct MetricsRow {
   int64_t step = 0;
@@ -304,30 +283,16 @@ struct MetricsRow {
 };
 
 std::string metrics_line(const MetricsRow& r) {
-  return std::to_string(r.step) + "," + csv_number(r.m.loss) + "," + csv_number(r.m.reward) + "," +
-         csv_number(r.m.reward_std) + "," + csv_number(r.m.kl) + "," + csv_number(r.m.clip_ratio) + "," +
-         csv_number(r.m.completion_length) + "," + csv_number(r.val_reward) + "\n";
+  const double values[] = {r.m.loss, r.m.reward, r.m.reward_std, r.m.kl, r.m.clip_ratio, r.m.completion_length,
+                           r.val_reward};
+  return csv_line(r.step, values);
 }
 
 std::vector<MetricsRow> read_metrics_csv(const std::string& path, int64_t up_to_step) {
   std::vector<MetricsRow> rows;
-  std::ifstream in(path);
-  if (!in) return rows;
-  std::string line;
-  std::getline(in, line);
-  while (std::getline(in, line)) {
-    std::vector<std::string> cells;
-    std::stringstream ss(line);
-    std::string cell;
-    while (std::getline(ss, cell, ',')) cells.push_back(cell);
-    if (!line.empty() && line.back() == ',') cells.push_back("");
-    if (cells.size() != 8) continue;
-    auto num = [](const std::string& s) { return s.empty() ? std::nan("") : std::strtod(s.c_str(), nullptr); };
-    MetricsRow r;
-    r.step = std::strtoll(cells[0].c_str(), nullptr, 10);
-    r.m = {num(cells[1]), num(cells[2]), num(cells[3]), num(cells[4]), num(cells[5]), num(cells[6])};
-    r.val_reward = num(cells[7]);
-    if (r.step <= up_to_step) rows.push_back(r);
+  for (const CsvRow& c : read_csv_rows(path, 8, up_to_step)) {
+    const std::vector<double>& v = c.values;
+    rows.push_back({c.step, {v[0], v[1], v[2], v[3], v[4], v[5]}, v[6]});
   }
   return rows;
 }
@@ -506,65 +471,32 @@ double GrpoTrainer::validation_reward() {
 
 void GrpoTrainer::save_checkpoint() {
   State& s = *state_;
-  write_directory_atomically(checkpoint_dir(config_.out), [&](const std::string& tmp) {
-    std::map<std::string, Tensor> weights;
-    for (auto& slot : s.optimizer->slots()) weights[slot.name] = slot.param.detach();
-    save_safetensors((fs::path(tmp) / "trainable.safetensors").string(), weights, {{"format", "pt"}});
-    save_adamw_moments(*s.optimizer, (fs::path(tmp) / "optimizer.safetensors").string());
-    auto num = [](double v) { return std::isfinite(v) ? json(v) : json(nullptr); };
-    json state{{"format", kStateFormat},
-               {"version", kStateVersion},
-               {"step", s.step},
-               {"total_steps", total_steps_},
-               {"epoch", s.epoch},
-               {"position", s.position},
-               {"adamw_step", s.optimizer->step_count()},
-               {"train_loss", num(s.last.loss)},
-               {"reward", num(s.last.reward)},
-               {"val_reward", num(s.last_val)},
-               {"config", config_to_json(config_, grpo_config_fields())}};
-    write_file_atomically((fs::path(tmp) / "trainer_state.json").string(), state.dump(2) + "\n");
-  });
+  save_trainer_checkpoint(checkpoint_dir(config_.out), *s.optimizer, kCheckpoint,
+                          {{"step", s.step},
+                           {"total_steps", total_steps_},
+                           {"epoch", s.epoch},
+                           {"position", s.position},
+                           {"train_loss", json_number(s.last.loss)},
+                           {"reward", json_number(s.last.reward)},
+                           {"val_reward", json_number(s.last_val)},
+                           {"config", config_to_json(config_, grpo_config_fields())}});
   s.last_checkpoint_step = s.step;
 }
 
 GrpoConfig GrpoTrainer::read_checkpoint_config(const std::string& out_dir) {
-  const std::string path = (fs::path(checkpoint_dir(out_dir)) / "trainer_state.json").string();
-  KOTOBA_CHECK(fs::is_regular_file(path), "resume: no checkpoint in '", out_dir, "' (", path, " is missing)");
-  json state = read_config_file(path);
-  KOTOBA_CHECK(state.is_object() && state.value("format", "") == kStateFormat, path,
-               ": not a kotoba GRPO checkpoint (key 'format' should be \"", kStateFormat, "\")");
-  auto it = state.find("config");
-  KOTOBA_CHECK(it != state.end() && it->is_object(), path, ": key 'config' is missing");
-  GrpoConfig config;
-  apply_config_json(config, *it, path + " (config)", grpo_config_fields());
-  return config;
+  return read_trainer_checkpoint_config(TrainerState(out_dir, kCheckpoint), grpo_config_fields());
 }
 
 void GrpoTrainer::resume() {
   State& s = *state_;
-  const std::string dir = checkpoint_dir(config_.out);
-  const std::string state_path = (fs::path(dir) / "trainer_state.json").string();
-  const GrpoConfig saved = read_checkpoint_config(config_.out);
-  check_resumable(saved, config_, state_path, grpo_config_fields());
-  json state = read_config_file(state_path);
-  KOTOBA_CHECK(state.value("version", 0) == kStateVersion, state_path, ": version ", state["version"].dump(),
-               " is not supported (expected ", kStateVersion, ")");
-  auto field = [&](const char* key) -> const json& {
-    auto it = state.find(key);
-    KOTOBA_CHECK(it != state.end() && it->is_number(), state_path, ": key '", key, "' is missing or not a number");
-    return *it;
-  };
-  const int64_t step = field("step").get<int64_t>();
+  const TrainerState state = read_resumable_trainer_state(config_, kCheckpoint, grpo_config_fields());
+  const std::string& state_path = state.path();
+  const int64_t step = state.integer("step");
   KOTOBA_CHECK(step >= 0 && step <= total_steps_ && step % config_.num_iterations == 0, state_path, ": step ", step,
                " is beyond the run's ", total_steps_, " steps or inside a generated batch");
-  const std::string weights_path = (fs::path(dir) / "trainable.safetensors").string();
-  SafeTensors weights = load_safetensors(weights_path);
-  for (auto& slot : s.optimizer->slots()) restore_checkpoint_tensor(weights.tensors, weights_path, slot.name, slot.param);
-  load_adamw_moments(*s.optimizer, (fs::path(dir) / "optimizer.safetensors").string());
-  s.optimizer->set_step_count(field("adamw_step").get<int64_t>());
+  restore_trainer_checkpoint(state, *s.optimizer);
   s.step = step;
-  const int64_t epoch = field("epoch").get<int64_t>(), position = field("position").get<int64_t>();
+  const int64_t epoch = state.integer("epoch"), position = state.integer("position");
   if (epoch >= 0) {
     s.epoch = epoch;
     s.order = permutation(s.train.size(), mix64(uint64_t(config_.seed) + uint64_t(epoch)));
@@ -572,15 +504,16 @@ void GrpoTrainer::resume() {
                  " is outside epoch ", epoch);
     s.position = position;
   }
-  s.last.loss = state["train_loss"].is_number() ? state["train_loss"].get<double>() : std::nan("");
-  s.last.reward = state["reward"].is_number() ? state["reward"].get<double>() : std::nan("");
-  s.last_val = state["val_reward"].is_number() ? state["val_reward"].get<double>() : std::nan("");
+  s.last.loss = state.optional_number("train_loss");
+  s.last.reward = state.optional_number("reward");
+  s.last_val = state.optional_number("val_reward");
   s.last_checkpoint_step = step;
   s.resumed = true;
   s.rows = read_loss_csv((fs::path(config_.out) / "loss.csv").string(), step);
   s.metric_rows = read_metrics_csv((fs::path(config_.out) / "metrics.csv").string(), step);
   if (options_.log)
-    options_.log("resumed from " + dir + " at step " + std::to_string(step) + " of " + std::to_string(total_steps_));
+    options_.log("resumed from " + state.dir() + " at step " + std::to_string(step) + " of " +
+                 std::to_string(total_steps_));
 }
 
 // ---- the loop ----
@@ -589,16 +522,10 @@ GrpoResult GrpoTrainer::run(int64_t stop_after_step) {
   State& s = *state_;
   const GrpoConfig& c = config_;
   fs::path out(c.out);
-  fs::create_directories(out);
-  KOTOBA_CHECK(s.resumed || !fs::exists(checkpoint_dir(c.out)), "grpo: '", c.out,
-               "' already holds a checkpoint; pass --resume to continue it, or choose another --out");
+  prepare_output_dir("grpo", c.out, s.resumed);
   const std::string csv_path = (out / "loss.csv").string(), metrics_path = (out / "metrics.csv").string();
   write_loss_csv(csv_path, s.rows);
-  {
-    std::string text = kMetricsHeader;
-    for (const auto& r : s.metric_rows) text += metrics_line(r);
-    write_file_atomically(metrics_path, text);
-  }
+  write_csv_file(metrics_path, kMetricsHeader, s.metric_rows, metrics_line);
   auto write_plots = [&]() {
     write_loss_plot((out / "loss.png").string(), s.rows, "GRPO loss");
     Series reward{"mean reward", {}, {}}, val{"validation reward", {}, {}};
@@ -617,11 +544,7 @@ GrpoResult GrpoTrainer::run(int64_t stop_after_step) {
   nn::CausalLM& model = *s.loaded.model;
   const double explode_nll = 4.0 * std::log(double(model.vocab_size()));
   auto stopped = [&](const std::string& what) {
-    const std::string kept = s.last_checkpoint_step > 0
-                                 ? "the last good checkpoint (step " + std::to_string(s.last_checkpoint_step) +
-                                       ") is in " + checkpoint_dir(c.out)
-                                 : std::string("no checkpoint was written yet");
-    throw Error("grpo: " + what + "; stopped: " + kept + " (try a lower --lr or a longer --warmup)");
+    throw Error(stopped_message("grpo", what, "step", s.last_checkpoint_step, checkpoint_dir(c.out)));
   };
   SftConfig schedule;
   schedule.warmup = c.warmup;
@@ -777,12 +700,7 @@ GrpoResult GrpoTrainer::run(int64_t stop_after_step) {
       append_loss_csv(csv_path, row);
       MetricsRow mrow{step, m, val};
       s.metric_rows.push_back(mrow);
-      {
-        std::ofstream csv(metrics_path, std::ios::app);
-        csv << metrics_line(mrow);
-        csv.flush();
-        KOTOBA_CHECK(csv, metrics_path, ": cannot append");
-      }
+      append_csv_line(metrics_path, metrics_line(mrow));
       row_start = clock::now();
       row_loss = 0;
       row_steps = row_tokens = 0;
@@ -825,8 +743,6 @@ GrpoResult GrpoTrainer::run(int64_t stop_after_step) {
   return result;
 }
 
-std::string GrpoTrainer::checkpoint_dir(const std::string& out_dir) {
-  return (fs::path(out_dir) / "checkpoint").string();
-}
+std::string GrpoTrainer::checkpoint_dir(const std::string& out_dir) { return trainer_checkpoint_dir(out_dir); }
 
 }  // namespace kotoba::train

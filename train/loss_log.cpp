@@ -17,6 +17,13 @@ namespace {
 
 constexpr const char* kCsvHeader = "step,lr,train_loss,val_loss,tokens_per_second\n";
 
+std::string loss_line(const LossRow& r) {
+  const double values[] = {r.lr, r.train_loss, r.val_loss, r.tokens_per_second};
+  return csv_line(r.step, values);
+}
+
+}  // namespace
+
 std::string csv_number(double v) {
   if (!std::isfinite(v)) return "";
   char buf[64];
@@ -24,28 +31,21 @@ std::string csv_number(double v) {
   return buf;
 }
 
-std::string csv_line(const LossRow& r) {
-  return std::to_string(r.step) + "," + csv_number(r.lr) + "," + csv_number(r.train_loss) + "," +
-         csv_number(r.val_loss) + "," + csv_number(r.tokens_per_second) + "\n";
+std::string csv_line(int64_t step, std::span<const double> values) {
+  std::string line = std::to_string(step);
+  for (double v : values) line += "," + csv_number(v);
+  return line + "\n";
 }
 
-}  // namespace
-
-void write_loss_csv(const std::string& path, const std::vector<LossRow>& rows) {
-  std::string text = kCsvHeader;
-  for (const LossRow& r : rows) text += csv_line(r);
-  write_file_atomically(path, text);
-}
-
-void append_loss_csv(const std::string& path, const LossRow& row) {
+void append_csv_line(const std::string& path, const std::string& line) {
   std::ofstream csv(path, std::ios::app);
-  csv << csv_line(row);
+  csv << line;
   csv.flush();
   KOTOBA_CHECK(csv, path, ": cannot append");
 }
 
-std::vector<LossRow> read_loss_csv(const std::string& path, int64_t up_to_step) {
-  std::vector<LossRow> rows;
+std::vector<CsvRow> read_csv_rows(const std::string& path, size_t columns, int64_t up_to_step) {
+  std::vector<CsvRow> rows;
   std::ifstream in(path);
   if (!in) return rows;
   std::string line;
@@ -56,11 +56,27 @@ std::vector<LossRow> read_loss_csv(const std::string& path, int64_t up_to_step) 
     std::string cell;
     while (std::getline(ss, cell, ',')) cells.push_back(cell);
     if (!line.empty() && line.back() == ',') cells.push_back("");
-    if (cells.size() != 5) continue;  // a row cut short by a kill
-    auto num = [](const std::string& s) { return s.empty() ? std::nan("") : std::strtod(s.c_str(), nullptr); };
-    LossRow r{std::strtoll(cells[0].c_str(), nullptr, 10), num(cells[1]), num(cells[2]), num(cells[3]), num(cells[4])};
-    if (r.step <= up_to_step) rows.push_back(r);
+    if (cells.size() != columns) continue;  // a row cut short by a kill
+    CsvRow r{std::strtoll(cells[0].c_str(), nullptr, 10), {}};
+    for (size_t i = 1; i < cells.size(); ++i)
+      r.values.push_back(cells[i].empty() ? std::nan("") : std::strtod(cells[i].c_str(), nullptr));
+    if (r.step <= up_to_step) rows.push_back(std::move(r));
   }
+  return rows;
+}
+
+void write_loss_csv(const std::string& path, const std::vector<LossRow>& rows) {
+  std::string text = kCsvHeader;
+  for (const LossRow& r : rows) text += loss_line(r);
+  write_file_atomically(path, text);
+}
+
+void append_loss_csv(const std::string& path, const LossRow& row) { append_csv_line(path, loss_line(row)); }
+
+std::vector<LossRow> read_loss_csv(const std::string& path, int64_t up_to_step) {
+  std::vector<LossRow> rows;
+  for (const CsvRow& r : read_csv_rows(path, 5, up_to_step))
+    rows.push_back({r.step, r.values[0], r.values[1], r.values[2], r.values[3]});
   return rows;
 }
 

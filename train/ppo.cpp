@@ -15,10 +15,8 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <numeric>
 #include <optional>
-#include <sstream>
 
 #include "core/atomic_file.h"
 #include "core/progress.h"
@@ -34,6 +32,7 @@
 #include "nn/reward_model.h"
 #include "ops/ops.h"
 #include "tokenizer/tokenizer.h"
+#include "train/checkpoint.h"
 #include "train/logprobs.h"
 #include "train/loss_log.h"
 #include "train/optim.h"
@@ -148,24 +147,12 @@ void validate_ppo_config(const PpoConfig& c) {
   KOTOBA_CHECK(c.steps > 0 || c.epochs > 0, "ppo config: give 'steps' or a positive 'epochs'");
   non_negative(c.epochs, "epochs");
   non_negative(double(c.steps), "steps");
-  non_negative(c.lr, "lr");
-  non_negative(c.min_lr, "min_lr");
-  KOTOBA_CHECK(c.lr == 0 || c.min_lr <= c.lr, "ppo config: 'min_lr' (", c.min_lr, ") must not exceed 'lr' (", c.lr, ")");
-  non_negative(double(c.warmup), "warmup");
-  non_negative(c.weight_decay, "weight_decay");
-  KOTOBA_CHECK(c.beta1 >= 0 && c.beta1 < 1, "ppo config: 'beta1' must be in [0, 1), got ", c.beta1);
-  KOTOBA_CHECK(c.beta2 >= 0 && c.beta2 < 1, "ppo config: 'beta2' must be in [0, 1), got ", c.beta2);
-  KOTOBA_CHECK(c.eps > 0, "ppo config: 'eps' must be positive, got ", c.eps);
-  non_negative(c.clip, "clip");
-  non_negative(double(c.lora_r), "lora_r");
-  KOTOBA_CHECK(c.lora_alpha > 0, "ppo config: 'lora_alpha' must be positive, got ", c.lora_alpha);
+  validate_optimizer_config(c, "ppo");
+  validate_lora_config(c, "ppo");
   KOTOBA_CHECK(c.lora_r > 0 || (c.lora_targets.empty() && c.merge == 0),
                "ppo config: 'lora_targets' and 'merge' apply with LoRA (set 'lora_r')");
   KOTOBA_CHECK(c.merge == 0 || c.merge == 1, "ppo config: 'merge' must be 0 or 1, got ", c.merge);
-  non_negative(double(c.eval_every), "eval_every");
-  non_negative(double(c.checkpoint_every), "checkpoint_every");
-  non_negative(double(c.seed), "seed");
-  non_negative(double(c.threads), "threads");
+  validate_run_config(c, "ppo");
   KOTOBA_CHECK(!c.out.empty(), "ppo config: 'out' (the output directory) is required");
 }
 
@@ -173,8 +160,7 @@ void validate_ppo_config(const PpoConfig& c) {
 
 namespace {
 
-constexpr const char* kStateFormat = "kotoba-ppo-checkpoint";
-constexpr int kStateVersion = 1;
+constexpr CheckpointKind kCheckpoint{"kotoba-ppo-checkpoint", "PPO", 1};
 constexpr const char* kMetricsHeader =
     "update,score,rlhf_reward,kl,entropy,pg_loss,vf_loss,pg_clipfrac,vf_clipfrac,approxkl,ratio,kl_coef,"
     "response_length,ended,val_reward\n";
@@ -194,38 +180,20 @@ std::vector<double*> metric_fields(MetricsRow& r) {
           &m.vf_clipfrac, &m.approxkl, &m.ratio, &m.kl_coef, &m.response_length, &m.ended, &r.val_reward};
 }
 
-std::string csv_number(double v) {
-  if (!std::isfinite(v)) return "";
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%.8g", v);
-  return buf;
-}
-
 std::string metrics_line(MetricsRow r) {
-  std::string line = std::to_string(r.update);
-  for (double* v : metric_fields(r)) line += "," + csv_number(*v);
-  return line + "\n";
+  std::vector<double> values;
+  for (double* v : metric_fields(r)) values.push_back(*v);
+  return csv_line(r.update, values);
 }
 
 std::vector<MetricsRow> read_metrics_csv(const std::string& path, int64_t up_to_update) {
   std::vector<MetricsRow> rows;
-  std::ifstream in(path);
-  if (!in) return rows;
-  std::string line;
-  std::getline(in, line);
-  while (std::getline(in, line)) {
-    std::vector<std::string> cells;
-    std::stringstream ss(line);
-    std::string cell;
-    while (std::getline(ss, cell, ',')) cells.push_back(cell);
-    if (!line.empty() && line.back() == ',') cells.push_back("");
-    if (cells.size() != kMetricsColumns) continue;
+  for (const CsvRow& cells : read_csv_rows(path, kMetricsColumns, up_to_update)) {
     MetricsRow r;
-    r.update = std::strtoll(cells[0].c_str(), nullptr, 10);
+    r.update = cells.step;
     std::vector<double*> fields = metric_fields(r);
-    for (size_t i = 0; i < fields.size(); ++i)
-      *fields[i] = cells[i + 1].empty() ? std::nan("") : std::strtod(cells[i + 1].c_str(), nullptr);
-    if (r.update <= up_to_update) rows.push_back(r);
+    for (size_t i = 0; i < fields.size(); ++i) *fields[i] = cells.values[i];
+    rows.push_back(r);
   }
   return rows;
 }
@@ -422,66 +390,33 @@ double PpoTrainer::validation_reward() {
 
 void PpoTrainer::save_checkpoint() {
   State& s = *state_;
-  write_directory_atomically(checkpoint_dir(config_.out), [&](const std::string& tmp) {
-    std::map<std::string, Tensor> weights;
-    for (auto& slot : s.optimizer->slots()) weights[slot.name] = slot.param.detach();
-    save_safetensors((fs::path(tmp) / "trainable.safetensors").string(), weights, {{"format", "pt"}});
-    save_adamw_moments(*s.optimizer, (fs::path(tmp) / "optimizer.safetensors").string());
-    auto num = [](double v) { return std::isfinite(v) ? json(v) : json(nullptr); };
-    json state{{"format", kStateFormat},
-               {"version", kStateVersion},
-               {"update", s.update},
-               {"total_updates", total_updates_},
-               {"epoch", s.epoch},
-               {"position", s.position},
-               {"adamw_step", s.optimizer->step_count()},
-               {"kl_coef", s.kl->value()},
-               {"score", num(s.last.score)},
-               {"val_reward", num(s.last_val)},
-               {"config", config_to_json(config_, ppo_config_fields())}};
-    write_file_atomically((fs::path(tmp) / "trainer_state.json").string(), state.dump(2) + "\n");
-  });
+  save_trainer_checkpoint(checkpoint_dir(config_.out), *s.optimizer, kCheckpoint,
+                          {{"update", s.update},
+                           {"total_updates", total_updates_},
+                           {"epoch", s.epoch},
+                           {"position", s.position},
+                           {"kl_coef", s.kl->value()},
+                           {"score", json_number(s.last.score)},
+                           {"val_reward", json_number(s.last_val)},
+                           {"config", config_to_json(config_, ppo_config_fields())}});
   s.last_checkpoint_update = s.update;
 }
 
 PpoConfig PpoTrainer::read_checkpoint_config(const std::string& out_dir) {
-  const std::string path = (fs::path(checkpoint_dir(out_dir)) / "trainer_state.json").string();
-  KOTOBA_CHECK(fs::is_regular_file(path), "resume: no checkpoint in '", out_dir, "' (", path, " is missing)");
-  json state = read_config_file(path);
-  KOTOBA_CHECK(state.is_object() && state.value("format", "") == kStateFormat, path,
-               ": not a kotoba PPO checkpoint (key 'format' should be \"", kStateFormat, "\")");
-  auto it = state.find("config");
-  KOTOBA_CHECK(it != state.end() && it->is_object(), path, ": key 'config' is missing");
-  PpoConfig config;
-  apply_config_json(config, *it, path + " (config)", ppo_config_fields());
-  return config;
+  return read_trainer_checkpoint_config(TrainerState(out_dir, kCheckpoint), ppo_config_fields());
 }
 
 void PpoTrainer::resume() {
   State& s = *state_;
-  const std::string dir = checkpoint_dir(config_.out);
-  const std::string state_path = (fs::path(dir) / "trainer_state.json").string();
-  const PpoConfig saved = read_checkpoint_config(config_.out);
-  check_resumable(saved, config_, state_path, ppo_config_fields());
-  json state = read_config_file(state_path);
-  KOTOBA_CHECK(state.value("version", 0) == kStateVersion, state_path, ": version ", state["version"].dump(),
-               " is not supported (expected ", kStateVersion, ")");
-  auto field = [&](const char* key) -> const json& {
-    auto it = state.find(key);
-    KOTOBA_CHECK(it != state.end() && it->is_number(), state_path, ": key '", key, "' is missing or not a number");
-    return *it;
-  };
-  const int64_t update = field("update").get<int64_t>();
+  const TrainerState state = read_resumable_trainer_state(config_, kCheckpoint, ppo_config_fields());
+  const std::string& state_path = state.path();
+  const int64_t update = state.integer("update");
   KOTOBA_CHECK(update >= 0 && update <= total_updates_, state_path, ": update ", update, " is beyond the run's ",
                total_updates_, " updates");
-  const std::string weights_path = (fs::path(dir) / "trainable.safetensors").string();
-  SafeTensors weights = load_safetensors(weights_path);
-  for (auto& slot : s.optimizer->slots()) restore_checkpoint_tensor(weights.tensors, weights_path, slot.name, slot.param);
-  load_adamw_moments(*s.optimizer, (fs::path(dir) / "optimizer.safetensors").string());
-  s.optimizer->set_step_count(field("adamw_step").get<int64_t>());
-  s.kl->set_value(field("kl_coef").get<double>());
+  restore_trainer_checkpoint(state, *s.optimizer);
+  s.kl->set_value(state.number("kl_coef"));
   s.update = update;
-  const int64_t epoch = field("epoch").get<int64_t>(), position = field("position").get<int64_t>();
+  const int64_t epoch = state.integer("epoch"), position = state.integer("position");
   if (epoch >= 0) {
     s.epoch = epoch;
     s.order = permutation(s.train.size(), mix64(uint64_t(config_.seed) + uint64_t(epoch)));
@@ -489,14 +424,14 @@ void PpoTrainer::resume() {
                  " is outside epoch ", epoch);
     s.position = position;
   }
-  s.last.score = state["score"].is_number() ? state["score"].get<double>() : std::nan("");
-  s.last_val = state["val_reward"].is_number() ? state["val_reward"].get<double>() : std::nan("");
+  s.last.score = state.optional_number("score");
+  s.last_val = state.optional_number("val_reward");
   s.last_checkpoint_update = update;
   s.resumed = true;
   s.rows = read_loss_csv((fs::path(config_.out) / "loss.csv").string(), update);
   s.metric_rows = read_metrics_csv((fs::path(config_.out) / "metrics.csv").string(), update);
   if (options_.log)
-    options_.log("resumed from " + dir + " at update " + std::to_string(update) + " of " +
+    options_.log("resumed from " + state.dir() + " at update " + std::to_string(update) + " of " +
                  std::to_string(total_updates_));
 }
 
@@ -506,16 +441,10 @@ PpoResult PpoTrainer::run(int64_t stop_after_update) {
   State& s = *state_;
   const PpoConfig& c = config_;
   fs::path out(c.out);
-  fs::create_directories(out);
-  KOTOBA_CHECK(s.resumed || !fs::exists(checkpoint_dir(c.out)), "ppo: '", c.out,
-               "' already holds a checkpoint; pass --resume to continue it, or choose another --out");
+  prepare_output_dir("ppo", c.out, s.resumed);
   const std::string csv_path = (out / "loss.csv").string(), metrics_path = (out / "metrics.csv").string();
   write_loss_csv(csv_path, s.rows);
-  {
-    std::string text = kMetricsHeader;
-    for (const auto& r : s.metric_rows) text += metrics_line(r);
-    write_file_atomically(metrics_path, text);
-  }
+  write_csv_file(metrics_path, kMetricsHeader, s.metric_rows, metrics_line);
   auto write_plots = [&]() {
     write_loss_plot((out / "loss.png").string(), s.rows, "PPO loss (policy + vf_coef x value)");
     if (s.metric_rows.empty()) return;
@@ -544,11 +473,7 @@ PpoResult PpoTrainer::run(int64_t stop_after_update) {
   nn::Linear& value_head = *s.value_head;
   const double explode_nll = 4.0 * std::log(double(model.vocab_size()));
   auto stopped = [&](const std::string& what) {
-    const std::string kept = s.last_checkpoint_update > 0
-                                 ? "the last good checkpoint (update " + std::to_string(s.last_checkpoint_update) +
-                                       ") is in " + checkpoint_dir(c.out)
-                                 : std::string("no checkpoint was written yet");
-    throw Error("ppo: " + what + "; stopped: " + kept + " (try a lower --lr or a longer --warmup)");
+    throw Error(stopped_message("ppo", what, "update", s.last_checkpoint_update, checkpoint_dir(c.out)));
   };
   SftConfig schedule;
   schedule.warmup = c.warmup;
@@ -813,12 +738,7 @@ PpoResult PpoTrainer::run(int64_t stop_after_update) {
       append_loss_csv(csv_path, row);
       MetricsRow mrow{update, m, val};
       s.metric_rows.push_back(mrow);
-      {
-        std::ofstream csv(metrics_path, std::ios::app);
-        csv << metrics_line(mrow);
-        csv.flush();
-        KOTOBA_CHECK(csv, metrics_path, ": cannot append");
-      }
+      append_csv_line(metrics_path, metrics_line(mrow));
       row_start = clock::now();
       row_loss = 0;
       row_updates = row_tokens = 0;
@@ -863,8 +783,6 @@ PpoResult PpoTrainer::run(int64_t stop_after_update) {
   return result;
 }
 
-std::string PpoTrainer::checkpoint_dir(const std::string& out_dir) {
-  return (fs::path(out_dir) / "checkpoint").string();
-}
+std::string PpoTrainer::checkpoint_dir(const std::string& out_dir) { return trainer_checkpoint_dir(out_dir); }
 
 }  // namespace kotoba::train

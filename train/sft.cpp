@@ -27,6 +27,7 @@
 #include "ops/ops.h"
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/tokenizer_config.h"
+#include "train/checkpoint.h"
 #include "train/loss_log.h"
 
 namespace kotoba::train {
@@ -97,17 +98,8 @@ void validate_sft_config(const SftConfig& c) {
   KOTOBA_CHECK(c.steps > 0 || c.epochs > 0, "sft config: give 'steps' or a positive 'epochs'");
   non_negative(c.epochs, "epochs");
   non_negative(double(c.steps), "steps");
-  non_negative(c.lr, "lr");
-  non_negative(c.min_lr, "min_lr");
-  KOTOBA_CHECK(c.lr == 0 || c.min_lr <= c.lr, "sft config: 'min_lr' (", c.min_lr, ") must not exceed 'lr' (", c.lr, ")");
-  non_negative(double(c.warmup), "warmup");
-  non_negative(c.weight_decay, "weight_decay");
-  KOTOBA_CHECK(c.beta1 >= 0 && c.beta1 < 1, "sft config: 'beta1' must be in [0, 1), got ", c.beta1);
-  KOTOBA_CHECK(c.beta2 >= 0 && c.beta2 < 1, "sft config: 'beta2' must be in [0, 1), got ", c.beta2);
-  KOTOBA_CHECK(c.eps > 0, "sft config: 'eps' must be positive, got ", c.eps);
-  non_negative(c.clip, "clip");
-  non_negative(double(c.lora_r), "lora_r");
-  KOTOBA_CHECK(c.lora_alpha > 0, "sft config: 'lora_alpha' must be positive, got ", c.lora_alpha);
+  validate_optimizer_config(c, "sft");
+  validate_lora_config(c, "sft");
   KOTOBA_CHECK(c.lora_dropout >= 0 && c.lora_dropout < 1, "sft config: 'lora_dropout' must be in [0, 1), got ",
                c.lora_dropout);
   KOTOBA_CHECK(c.lora_r > 0 || (c.lora_targets.empty() && c.merge == 0 && c.quantize.empty()),
@@ -116,10 +108,7 @@ void validate_sft_config(const SftConfig& c) {
   KOTOBA_CHECK(c.quantize.empty() || c.merge == 0,
                "sft config: 'merge' cannot merge into a quantised base; merge the adapter into the f32 base with "
                "kotoba lora merge BASE OUT/adapter MERGED");
-  non_negative(double(c.eval_every), "eval_every");
-  non_negative(double(c.checkpoint_every), "checkpoint_every");
-  non_negative(double(c.seed), "seed");
-  non_negative(double(c.threads), "threads");
+  validate_run_config(c, "sft");
   KOTOBA_CHECK(!c.out.empty(), "sft config: 'out' (the output directory) is required");
 }
 
@@ -167,8 +156,7 @@ Tensor batch_loss(nn::CausalLM& model, const SftBatch& batch) {
   return model.loss(batch.ids, batch.targets);
 }
 
-constexpr const char* kStateFormat = "kotoba-sft-checkpoint";
-constexpr int kStateVersion = 1;
+constexpr CheckpointKind kCheckpoint{"kotoba-sft-checkpoint", "SFT", 1};
 
 }  // namespace
 
@@ -467,98 +455,52 @@ double SftTrainer::validation_loss() {
 
 void SftTrainer::save_checkpoint() {
   State& s = *state_;
-  const std::string target = checkpoint_dir(config_.out);
-  write_directory_atomically(target, [&](const std::string& tmp) {
-    std::map<std::string, Tensor> weights;
-    for (auto& slot : s.optimizer->slots()) weights[slot.name] = slot.param.detach();
-    save_safetensors((fs::path(tmp) / "trainable.safetensors").string(), weights, {{"format", "pt"}});
-    save_adamw_moments(*s.optimizer, (fs::path(tmp) / "optimizer.safetensors").string());
-    Generator& dropout = s.loaded.model->dropout_generator();
-    // Each adapter draws its own dropout masks; their counters are part of the state.
-    json lora_generators = json::object();
-    for (const auto& [name, linear] : nn::lora_layers(*s.loaded.model))
-      lora_generators[name] = {linear->lora()->dropout_gen.seed(), linear->lora()->dropout_gen.offset()};
-    json state{{"format", kStateFormat},
-               {"version", kStateVersion},
-               {"step", s.step},
-               {"total_steps", total_steps_},
-               {"tokens", s.tokens},
-               {"epoch", s.epoch},
-               {"position", s.position},
-               {"adamw_step", s.optimizer->step_count()},
-               {"dropout_generator", {{"seed", dropout.seed()}, {"offset", dropout.offset()}}},
-               {"lora_dropout_generators", lora_generators},
-               {"train_loss", std::isfinite(s.last_train_loss) ? json(s.last_train_loss) : json(nullptr)},
-               {"val_loss", std::isfinite(s.last_val_loss) ? json(s.last_val_loss) : json(nullptr)},
-               {"config", config_to_json(config_, sft_config_fields())}};
-    write_file_atomically((fs::path(tmp) / "trainer_state.json").string(), state.dump(2) + "\n");
-  });
+  save_trainer_checkpoint(checkpoint_dir(config_.out), *s.optimizer, kCheckpoint,
+                          {{"step", s.step},
+                           {"total_steps", total_steps_},
+                           {"tokens", s.tokens},
+                           {"epoch", s.epoch},
+                           {"position", s.position},
+                           {"dropout_generator", generator_json(s.loaded.model->dropout_generator())},
+                           {"lora_dropout_generators", lora_dropout_generators_json(*s.loaded.model)},
+                           {"train_loss", json_number(s.last_train_loss)},
+                           {"val_loss", json_number(s.last_val_loss)},
+                           {"config", config_to_json(config_, sft_config_fields())}});
   s.last_checkpoint_step = s.step;
 }
 
 SftConfig SftTrainer::read_checkpoint_config(const std::string& out_dir) {
-  const std::string path = (fs::path(checkpoint_dir(out_dir)) / "trainer_state.json").string();
-  KOTOBA_CHECK(fs::is_regular_file(path), "resume: no checkpoint in '", out_dir, "' (", path, " is missing)");
-  json state = read_config_file(path);
-  KOTOBA_CHECK(state.is_object() && state.value("format", "") == kStateFormat, path,
-               ": not a kotoba SFT checkpoint (key 'format' should be \"", kStateFormat, "\")");
-  auto it = state.find("config");
-  KOTOBA_CHECK(it != state.end() && it->is_object(), path, ": key 'config' is missing");
-  SftConfig config;
-  apply_config_json(config, *it, path + " (config)", sft_config_fields());
-  return config;
+  return read_trainer_checkpoint_config(TrainerState(out_dir, kCheckpoint), sft_config_fields());
 }
 
 void SftTrainer::resume() {
   State& s = *state_;
-  const std::string dir = checkpoint_dir(config_.out);
-  const std::string state_path = (fs::path(dir) / "trainer_state.json").string();
-  const SftConfig saved = read_checkpoint_config(config_.out);
-  check_resumable(saved, config_, state_path, sft_config_fields());
-  json state = read_config_file(state_path);
-  KOTOBA_CHECK(state.value("version", 0) == kStateVersion, state_path, ": version ", state["version"].dump(),
-               " is not supported (expected ", kStateVersion, ")");
-  auto field = [&](const char* key) -> const json& {
-    auto it = state.find(key);
-    KOTOBA_CHECK(it != state.end() && it->is_number(), state_path, ": key '", key, "' is missing or not a number");
-    return *it;
-  };
-  const int64_t step = field("step").get<int64_t>();
+  const TrainerState state = read_resumable_trainer_state(config_, kCheckpoint, sft_config_fields());
+  const std::string& state_path = state.path();
+  const int64_t step = state.integer("step");
   KOTOBA_CHECK(step >= 0 && step <= total_steps_, state_path, ": step ", step, " is beyond the run's ", total_steps_,
                " steps");
-  const std::string weights_path = (fs::path(dir) / "trainable.safetensors").string();
-  SafeTensors weights = load_safetensors(weights_path);
-  for (auto& slot : s.optimizer->slots()) restore_checkpoint_tensor(weights.tensors, weights_path, slot.name, slot.param);
-  load_adamw_moments(*s.optimizer, (fs::path(dir) / "optimizer.safetensors").string());
-  s.optimizer->set_step_count(field("adamw_step").get<int64_t>());
-  auto gen = state.find("dropout_generator");
-  KOTOBA_CHECK(gen != state.end() && gen->is_object() && (*gen)["seed"].is_number() && (*gen)["offset"].is_number(),
-               state_path, ": key 'dropout_generator' is missing");
-  s.loaded.model->dropout_generator().set_state((*gen)["seed"].get<uint64_t>(), (*gen)["offset"].get<uint64_t>());
-  auto lora_gens = state.find("lora_dropout_generators");
-  for (const auto& [name, linear] : nn::lora_layers(*s.loaded.model)) {
-    KOTOBA_CHECK(lora_gens != state.end() && lora_gens->contains(name) && (*lora_gens)[name].is_array() &&
-                     (*lora_gens)[name].size() == 2,
-                 state_path, ": key 'lora_dropout_generators' has no entry for adapter '", name, "'");
-    linear->lora()->dropout_gen.set_state((*lora_gens)[name][0].get<uint64_t>(), (*lora_gens)[name][1].get<uint64_t>());
-  }
+  restore_trainer_checkpoint(state, *s.optimizer);
+  state.restore_generator("dropout_generator", s.loaded.model->dropout_generator());
+  state.restore_lora_dropout_generators(*s.loaded.model);
   s.step = step;
-  s.tokens = field("tokens").get<int64_t>();
+  s.tokens = state.integer("tokens");
   // The epoch's order (and packing) is rebuilt from the seed; the position within it is restored.
-  const int64_t epoch = field("epoch").get<int64_t>(), position = field("position").get<int64_t>();
+  const int64_t epoch = state.integer("epoch"), position = state.integer("position");
   if (epoch >= 0) {
     if (epoch != s.epoch) begin_epoch(epoch);  // the order (and packing) is rebuilt from the seed
     KOTOBA_CHECK(position >= 0 && position <= s.units, state_path, ": position ", position, " is outside epoch ",
                  epoch, " (", s.units, " units)");
     s.position = position;
   }
-  s.last_train_loss = state["train_loss"].is_number() ? state["train_loss"].get<double>() : std::nan("");
-  s.last_val_loss = state["val_loss"].is_number() ? state["val_loss"].get<double>() : std::nan("");
+  s.last_train_loss = state.optional_number("train_loss");
+  s.last_val_loss = state.optional_number("val_loss");
   s.last_checkpoint_step = step;
   s.resumed = true;
   s.rows = read_loss_csv((fs::path(config_.out) / "loss.csv").string(), step);
   if (options_.log)
-    options_.log("resumed from " + dir + " at step " + std::to_string(step) + " of " + std::to_string(total_steps_));
+    options_.log("resumed from " + state.dir() + " at step " + std::to_string(step) + " of " +
+                 std::to_string(total_steps_));
 }
 
 void SftTrainer::write_loss_files() {
@@ -571,19 +513,13 @@ SftResult SftTrainer::run(int64_t stop_after_step) {
   State& s = *state_;
   const SftConfig& c = config_;
   fs::path out(c.out);
-  fs::create_directories(out);
-  KOTOBA_CHECK(s.resumed || !fs::exists(checkpoint_dir(c.out)), "sft: '", c.out,
-               "' already holds a checkpoint; pass --resume to continue it, or choose another --out");
+  prepare_output_dir("sft", c.out, s.resumed);
   const std::string csv_path = (out / "loss.csv").string();
   write_loss_csv(csv_path, s.rows);
   const int64_t end_step = stop_after_step > 0 ? std::min(stop_after_step, total_steps_) : total_steps_;
   nn::CausalLM& model = *s.loaded.model;
   auto stopped = [&](const std::string& what) {
-    const std::string kept = s.last_checkpoint_step > 0
-                                 ? "the last good checkpoint (step " + std::to_string(s.last_checkpoint_step) +
-                                       ") is in " + checkpoint_dir(c.out)
-                                 : std::string("no checkpoint was written yet");
-    throw Error("sft: " + what + "; stopped: " + kept + " (try a lower --lr or a longer --warmup)");
+    throw Error(stopped_message("sft", what, "step", s.last_checkpoint_step, checkpoint_dir(c.out)));
   };
 
   Progress progress("sft", total_steps_, {.unit = "steps", .quiet = !options_.progress});
@@ -696,8 +632,6 @@ SftResult SftTrainer::run(int64_t stop_after_step) {
   return result;
 }
 
-std::string SftTrainer::checkpoint_dir(const std::string& out_dir) {
-  return (fs::path(out_dir) / "checkpoint").string();
-}
+std::string SftTrainer::checkpoint_dir(const std::string& out_dir) { return trainer_checkpoint_dir(out_dir); }
 
 }  // namespace kotoba::train

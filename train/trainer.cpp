@@ -21,6 +21,7 @@
 #include "nn/gpt2.h"
 #include "nn/llama.h"
 #include "io/safetensors.h"
+#include "train/checkpoint.h"
 #include "train/plot.h"
 
 namespace kotoba::train {
@@ -169,7 +170,7 @@ T state_field(const json& state, const char* key, const std::string& file) {
 
 }  // namespace
 
-std::string Pretrainer::checkpoint_dir(const std::string& out_dir) { return (fs::path(out_dir) / "checkpoint").string(); }
+std::string Pretrainer::checkpoint_dir(const std::string& out_dir) { return trainer_checkpoint_dir(out_dir); }
 
 PretrainConfig Pretrainer::read_checkpoint_config(const std::string& out_dir) {
   std::string dir = checkpoint_dir(out_dir);
@@ -401,9 +402,7 @@ void Pretrainer::write_loss_files() {
 PretrainResult Pretrainer::run(int64_t stop_after_step) {
   const PretrainConfig& c = config_;
   fs::path out(c.out);
-  fs::create_directories(out);
-  KOTOBA_CHECK(resumed_ || !fs::exists(checkpoint_dir(c.out)), "pretrain: '", c.out,
-               "' already holds a checkpoint; pass --resume to continue it, or choose another --out");
+  prepare_output_dir("pretrain", c.out, resumed_);
   for (auto& entry : fs::directory_iterator(out)) {  // leftovers of a run killed mid-checkpoint
     if (entry.path().filename().string().rfind(".checkpoint.tmp-", 0) == 0) {
       std::error_code ec;
@@ -440,15 +439,12 @@ PretrainResult Pretrainer::run(int64_t stop_after_step) {
       Tensor loss = batch_loss(x, y, mask_seed, uint64_t((step - 1) * c.grad_accum + micro));
       float value = loss.to_vector()[0];
       if (!std::isfinite(value)) {
-        std::string kept = last_checkpoint_step_ > 0
-                               ? "the last good checkpoint (step " + std::to_string(last_checkpoint_step_) + ") is in " +
-                                     checkpoint_dir(c.out)
-                               : std::string("no checkpoint was written yet");
-        throw Error(detail::concat("pretrain: the training loss became ", value, " at step ", step,
-                                   c.grad_accum > 1 ? " (micro-batch " + std::to_string(micro + 1) + " of " +
-                                                          std::to_string(c.grad_accum) + ")"
-                                                    : std::string(),
-                                   "; stopped: ", kept, " (try a lower --lr or a longer --warmup)"));
+        throw Error(stopped_message("pretrain",
+                                    detail::concat("the training loss became ", value, " at step ", step,
+                                                   c.grad_accum > 1 ? " (micro-batch " + std::to_string(micro + 1) +
+                                                                          " of " + std::to_string(c.grad_accum) + ")"
+                                                                    : std::string()),
+                                    "step", last_checkpoint_step_, checkpoint_dir(c.out)));
       }
       loss_sum += value;
       loss.backward();
@@ -457,9 +453,7 @@ PretrainResult Pretrainer::run(int64_t stop_after_step) {
     const float accum = float(c.grad_accum);
     const float norm = global_grad_norm(params) / accum;
     KOTOBA_CHECK(std::isfinite(norm), "pretrain: the gradient norm became ", norm, " at step ", step, "; stopped: ",
-                 last_checkpoint_step_ > 0 ? "the last good checkpoint (step " + std::to_string(last_checkpoint_step_) +
-                                                 ") is in " + checkpoint_dir(c.out)
-                                           : std::string("no checkpoint was written yet"));
+                 last_good_checkpoint("step", last_checkpoint_step_, checkpoint_dir(c.out)));
     const float clip_scale = c.clip > 0 ? clip_coefficient(norm, float(c.clip)) : 1.0f;
     optimizer_->step(clip_scale / accum);
     step_ = step;
