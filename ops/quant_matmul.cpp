@@ -80,8 +80,14 @@ void llm_int8_forward(const float* x, int64_t m, const quant::PackedWeight& w, f
     KOTOBA_CHECK(finite, "quantized_linear (LLM.int8): row ", i,
                  " of x holds a non-finite value outside the outlier columns (it cannot be quantised to int8)");
     const float to_code = absmax != 0.0f ? 127.0f / absmax : 0.0f;
-    for (int64_t c = 0; c < k; ++c)
-      codes[size_t(i * k + c)] = is_outlier[size_t(c)] ? int8_t(0) : int8_t(std::nearbyint(row[c] * to_code));
+    if (std::isfinite(to_code)) {
+      for (int64_t c = 0; c < k; ++c)
+        codes[size_t(i * k + c)] = is_outlier[size_t(c)] ? int8_t(0) : int8_t(std::nearbyint(row[c] * to_code));
+    } else {  // a subnormal absmax: 127 / absmax overflows, so divide first
+      for (int64_t c = 0; c < k; ++c)
+        codes[size_t(i * k + c)] =
+            is_outlier[size_t(c)] ? int8_t(0) : int8_t(std::nearbyint(row[c] / absmax * 127.0f));
+    }
     x_scale[size_t(i)] = absmax / 127.0f;
   }
   cpu::Int8GemmArgs a;

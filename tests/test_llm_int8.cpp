@@ -117,6 +117,26 @@ TEST(LlmInt8, BackwardIsTheDequantisedWeights) {
     }
 }
 
+// A row whose largest value is subnormal (127 / absmax overflows) still quantises to codes in
+// [-127, 127] and gives x @ dequantised(W)^T to within its (tiny) scale.
+TEST(LlmInt8, SubnormalRowsQuantise) {
+  const int64_t out = 8, in = 64;
+  std::vector<float> wv(size_t(out * in));
+  for (size_t i = 0; i < wv.size(); ++i) wv[i] = float(int(i % 7) - 3) * 0.25f;
+  const auto w = llm_int8_weight(wv.data(), out, in, 6.0f);
+  std::vector<float> deq(size_t(out * in));
+  w->dequantize_rows(0, out, deq.data());
+  std::vector<float> xv(size_t(in), 0.0f);
+  xv[5] = 1e-39f;
+  xv[9] = -5e-40f;
+  const std::vector<float> y = quantized_linear(Tensor::from_vector(xv, {1, in}), w, Tensor()).to_vector();
+  for (int64_t o = 0; o < out; ++o) {
+    const double want = double(xv[5]) * deq[size_t(o * in + 5)] + double(xv[9]) * deq[size_t(o * in + 9)];
+    ASSERT_TRUE(std::isfinite(y[size_t(o)])) << o;
+    EXPECT_NEAR(y[size_t(o)], want, 2e-41) << o;
+  }
+}
+
 TEST(LlmInt8, ErrorsAreNamed) {
   std::vector<float> w(16 * 64, 0.5f);
   PackedWeight p = pack_weight(w.data(), 16, 64, WeightFormat::q8_0);
