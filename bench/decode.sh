@@ -4,8 +4,8 @@
 # The model (bench/decode_model.py: LLaMA architecture, 12 x 768, GQA, vocabulary ~32000, random
 # weights, ~120 M parameters) is made once under the build tree and exported by `kotoba convert`
 # to GGUF f32, f16, q8_0 and q4_0. kotoba decodes the model directory (f32) and its `kotoba
-# quantize` copies (--formats, default int8,q8_0,q4_0,nf4: the blocks' Linear layers and the
-# untied LM head quantised, the embeddings f32); llama.cpp the f32 GGUF (the same numbers, so the
+# quantize` copies (--formats, default int8,q8_0,q4_0,nf4; llm_int8 also takes: the blocks' Linear
+# layers and the untied LM head quantised, the embeddings f32); llama.cpp the f32 GGUF (the same numbers, so the
 # ratio compares like with like), the f16 one for reference, and the q8_0/q4_0 ones (every matrix
 # quantised, the embeddings and output head too) beside kotoba's 8-bit and 4-bit formats.
 #
@@ -98,7 +98,8 @@ for (side, b), r in sorted(by.items()):
     if ("llama.cpp f32", b) in by:
         out[f"llama_cpp_f32_b{b}"] = round(by[("llama.cpp f32", b)]["decode_tokens_per_s"], 1)
 # Quantised: each kotoba format against kotoba f32 and llama.cpp at the same bit width.
-peer_of = {"int8": "llama.cpp q8_0", "q8_0": "llama.cpp q8_0", "q4_0": "llama.cpp q4_0", "nf4": "llama.cpp q4_0"}
+peer_of = {"int8": "llama.cpp q8_0", "llm_int8": "llama.cpp q8_0", "q8_0": "llama.cpp q8_0",
+           "q4_0": "llama.cpp q4_0", "nf4": "llama.cpp q4_0"}
 for (side, b), r in sorted(by.items()):
     if not side.startswith("kotoba ") or ("kotoba", b) not in by:
         continue

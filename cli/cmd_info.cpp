@@ -105,9 +105,15 @@ int cmd_info(const cli::Args& args) {
   double linear = 0, linear_rows = 0, other = 0, nf4_blocks = 0, dq_groups = 0, stored = 0;
   // A quantised directory (kotoba quantize): its Linear weights are in quantized.safetensors.
   std::string quantized_format;
+  std::string activation_mode;  // LLM.int8(): ", int8 activations (LLM.int8(), outlier threshold T)"
   bool head_quantized = false;  // `kotoba quantize` quantises an untied LM head: counted with the Linear weights
   if (config.contains("quantization_config") && config["quantization_config"].is_object()) {
-    quantized_format = config["quantization_config"].value("format", std::string("?"));
+    const nlohmann::json& qc = config["quantization_config"];
+    quantized_format = qc.value("format", std::string("?"));
+    if (qc.value("activations", std::string()) == "int8" && qc.contains("llm_int8_threshold") &&
+        qc["llm_int8_threshold"].is_number())
+      activation_mode = detail::concat(" with int8 activations (LLM.int8(), outlier threshold ",
+                                       qc["llm_int8_threshold"].get<double>(), ")");
     const int bits = quant::weight_format_bits(quant::parse_weight_format(quantized_format));
     const SafeTensors q = load_safetensors((fs::path(dir) / "quantized.safetensors").string());
     head_quantized = q.tensors.count("lm_head.codes") > 0;
@@ -170,8 +176,8 @@ int cmd_info(const cli::Args& args) {
     std::printf("  %-24s %14lld %12s %14.2f\n", r.name, (long long)std::llround(r.bytes), human_bytes(r.bytes).c_str(),
                 8 * r.bytes / params);
   if (!quantized_format.empty())
-    std::printf("\nthis directory holds its Linear weights as %s: %s of weights stored (%.2f bits/param)\n",
-                quantized_format.c_str(), human_bytes(stored).c_str(), 8 * stored / params);
+    std::printf("\nthis directory holds its Linear weights as %s%s: %s of weights stored (%.2f bits/param)\n",
+                quantized_format.c_str(), activation_mode.c_str(), human_bytes(stored).c_str(), 8 * stored / params);
   std::printf("\nQuantized rows: Linear weights quantized, everything else at 16 bits; NF4 stores 4 bits per weight\n"
               "plus one fp32 absmax per 64-weight block (4 + 32/64 = 4.5 bits); double quantization stores that\n"
               "absmax in 8 bits with one fp32 constant per 256 blocks (4 + 8/64 + 32/16384 = 4.127 bits).\n");

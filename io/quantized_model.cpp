@@ -1,6 +1,7 @@
 // Quantising a model's Linear layers, and their file form (see io/quantized_model.h).
 #include "io/quantized_model.h"
 
+#include <cmath>
 #include <cstring>
 #include <set>
 
@@ -31,7 +32,12 @@ size_t model_weight_bytes(const nn::CausalLM& model) {
   return bytes;
 }
 
-QuantizeReport quantize_model(nn::CausalLM& model, quant::WeightFormat format) {
+QuantizeReport quantize_model(nn::CausalLM& model, quant::WeightFormat format, const Int8Activations& act) {
+  KOTOBA_CHECK(!act.enabled || format == quant::WeightFormat::int8,
+               "quantize: int8 activations (LLM.int8) need the int8 format, not ", quant::weight_format_name(format));
+  KOTOBA_CHECK(std::isfinite(act.threshold) && act.threshold >= 0,
+               "quantize: the LLM.int8 outlier threshold must be a finite number >= 0 (0: no outlier columns), got ",
+               act.threshold);
   QuantizeReport report;
   report.bytes_before = model_weight_bytes(model);
   for (auto& [name, layer] : linear_layers(model)) {
@@ -49,6 +55,16 @@ QuantizeReport quantize_model(nn::CausalLM& model, quant::WeightFormat format) {
     layer->quantize(format);
     report.quantized.push_back(name);
   }
+  // LLM.int8() applies to every quantised layer, also those quantised before (without it, layers
+  // quantised before keep their mode).
+  for (auto& [name, layer] : linear_layers(model)) {
+    const quant::PackedWeight* w = layer->quantized();
+    if (!act.enabled || !w || (w->int8_activations && w->outlier_threshold == act.threshold)) continue;
+    auto copy = std::make_shared<quant::PackedWeight>(*w);
+    copy->int8_activations = true;
+    copy->outlier_threshold = act.threshold;
+    layer->set_quantized(std::move(copy));
+  }
   report.bytes_after = model_weight_bytes(model);
   return report;
 }
@@ -57,13 +73,19 @@ std::map<std::string, Tensor> quantized_layer_tensors(const nn::CausalLM& model,
   std::map<std::string, Tensor> out;
   json modules = json::array();
   std::string format;
+  const quant::PackedWeight* first = nullptr;
   for (auto& [name, layer] : linear_layers(model)) {
     const quant::PackedWeight* w = layer->quantized();
     if (!w) continue;
     const std::string f = quant::weight_format_name(w->format);
     KOTOBA_CHECK(format.empty() || format == f, "save: layers quantised to both ", format, " and ", f,
                  " (a model directory holds one format)");
+    KOTOBA_CHECK(!first || (first->int8_activations == w->int8_activations &&
+                            first->outlier_threshold == w->outlier_threshold),
+                 "save: layers with and without int8 activations (LLM.int8) or with different outlier thresholds "
+                 "(a model directory holds one mode)");
     format = f;
+    if (!first) first = w;
     Tensor codes = Tensor::empty({w->rows, w->row_bytes()}, DType::i8);
     std::memcpy(codes.raw(), w->codes.data(), w->codes.size());
     Tensor scales = Tensor::from_vector(w->scales, {w->rows, w->cols / w->blocksize});
@@ -71,7 +93,13 @@ std::map<std::string, Tensor> quantized_layer_tensors(const nn::CausalLM& model,
     out[name + ".scales"] = scales;
     modules.push_back(name);
   }
-  if (!out.empty()) quantization_config = json{{"quant_method", "kotoba"}, {"format", format}, {"modules", modules}};
+  if (!out.empty()) {
+    quantization_config = json{{"quant_method", "kotoba"}, {"format", format}, {"modules", modules}};
+    if (first->int8_activations) {
+      quantization_config["activations"] = "int8";
+      quantization_config["llm_int8_threshold"] = first->outlier_threshold;
+    }
+  }
   return out;
 }
 
@@ -86,6 +114,27 @@ void load_quantized_layers(nn::CausalLM& model, const json& qc, const std::strin
   KOTOBA_CHECK(qc.contains("format") && qc["format"].is_string(), config_path, ": ", where,
                ".format is missing (expected int8, q8_0, q4_0 or nf4)");
   const quant::WeightFormat format = quant::parse_weight_format(qc["format"].get<std::string>());
+  // LLM.int8(): "activations": "int8" (absent or "f32": weight-only) and "llm_int8_threshold".
+  bool int8_activations = false;
+  float threshold = 0;
+  if (qc.contains("activations")) {
+    const json& a = qc["activations"];
+    KOTOBA_CHECK(a.is_string() && (a == "int8" || a == "f32"), config_path, ": ", where,
+                 ".activations must be \"int8\" (LLM.int8) or \"f32\" (weight-only), got ", a.dump());
+    int8_activations = a == "int8";
+  }
+  if (int8_activations) {
+    KOTOBA_CHECK(format == quant::WeightFormat::int8, config_path, ": ", where,
+                 ".activations \"int8\" needs format \"int8\", got \"", quant::weight_format_name(format), "\"");
+    KOTOBA_CHECK(qc.contains("llm_int8_threshold") && qc["llm_int8_threshold"].is_number(), config_path, ": ", where,
+                 ".llm_int8_threshold is missing (a number >= 0, 0: no outlier columns)");
+    threshold = qc["llm_int8_threshold"].get<float>();
+    KOTOBA_CHECK(std::isfinite(threshold) && threshold >= 0, config_path, ": ", where,
+                 ".llm_int8_threshold must be a finite number >= 0, got ", qc["llm_int8_threshold"].dump());
+  } else {
+    KOTOBA_CHECK(!qc.contains("llm_int8_threshold"), config_path, ": ", where,
+                 ".llm_int8_threshold is set but .activations is not \"int8\"");
+  }
   KOTOBA_CHECK(qc.contains("modules") && qc["modules"].is_array(), config_path, ": ", where,
                ".modules is missing (expected the list of quantised layers)");
   SafeTensors file = load_safetensors(path);
@@ -117,6 +166,8 @@ void load_quantized_layers(nn::CausalLM& model, const json& qc, const std::strin
     w.codes.resize(size_t(codes.numel()));
     std::memcpy(w.codes.data(), codes.contiguous().raw(), w.codes.size());
     w.scales = scales.contiguous().to_vector();
+    w.int8_activations = int8_activations;
+    w.outlier_threshold = threshold;
     layer.set_quantized(std::make_shared<const quant::PackedWeight>(std::move(w)));
   }
   for (auto& [name, t] : file.tensors)

@@ -8,7 +8,8 @@
 //   quantized.safetensors  per quantised layer "<module>.codes" (I8: rows x bytes per row, the
 //                          kernel layout) and "<module>.scales" (F32: rows x blocks per row)
 //   config.json            "quantization_config": {"quant_method": "kotoba", "format": "nf4",
-//                          "modules": [...]}
+//                          "modules": [...]}; LLM.int8() (`--to llm_int8`) adds to format "int8"
+//                          "activations": "int8", "llm_int8_threshold": 6.0
 #pragma once
 #include <cstddef>
 #include <map>
@@ -29,8 +30,16 @@ struct QuantizeReport {
   size_t bytes_before = 0, bytes_after = 0;  // of all parameters and quantised weights
 };
 
-// Quantises the model's Linear layers in place.
-QuantizeReport quantize_model(nn::CausalLM& model, quant::WeightFormat format);
+// LLM.int8(): int8 weights whose layers also quantise their activations to int8, the input
+// features with some |x| > threshold (outliers) kept in f32 (quant/packed.h, ops/quant_matmul.cpp).
+struct Int8Activations {
+  bool enabled = false;
+  float threshold = 6.0f;  // bitsandbytes' Linear8bitLt default; 0: no outlier columns
+};
+
+// Quantises the model's Linear layers in place (int8_activations: format must be int8).
+QuantizeReport quantize_model(nn::CausalLM& model, quant::WeightFormat format,
+                              const Int8Activations& int8_activations = {});
 
 // Parameter bytes plus quantised weight bytes: what the model holds in memory.
 size_t model_weight_bytes(const nn::CausalLM& model);

@@ -2,10 +2,23 @@
 // quantised base of QLoRA is frozen). Few rows (decoding) go to the quant_gemm kernel, which
 // decodes the codes in registers; many rows (prefill, training) dequantise W a tile of rows at a
 // time into a scratch buffer and use the f32 GEMM, so the whole matrix is never expanded.
+//
+// int8 weights marked int8_activations run LLM.int8()'s mixed decomposition (Dettmers et al.
+// 2022, bitsandbytes' Linear8bitLt) instead, at every row count: the input features where some
+// row of x has |x| > outlier_threshold are the outlier columns; they are multiplied in f32 with
+// the dequantised weight columns (code * absmax_row / 127). The other columns of each row of x are
+// quantised like the weights, q = round(x * 127 / absmax) with absmax taken over those columns
+// (vector-wise), and multiplied as int8 x int8 -> int32 (exact), rescaled by
+// (absmax_x / 127) * (absmax_w / 127). Threshold 0: no outlier columns. (bitsandbytes takes the
+// row's absmax over its elements below the threshold, which can include an outlier column's small
+// values; here it is the values the int8 product holds.) The backward to x is the weight-only
+// one: dy @ dequantised W.
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "ops/backend.h"
+#include "ops/cpu/int8_gemm.h"
 #include "ops/ops.h"
 #include "quant/packed.h"
 
@@ -41,6 +54,70 @@ GemmArgs plain_gemm(bool trans_b, int64_t m, int64_t n, int64_t k, const float* 
   return g;
 }
 
+// out (m x n) = LLM.int8() of x (m x k) and w, as described at the top.
+void llm_int8_forward(const float* x, int64_t m, const quant::PackedWeight& w, float* out) {
+  const int64_t k = w.cols, n = w.rows;
+  std::vector<int64_t> outliers;
+  std::vector<char> is_outlier(size_t(k), 0);
+  if (w.outlier_threshold > 0) {
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t c = 0; c < k; ++c)
+        if (std::fabs(x[i * k + c]) > w.outlier_threshold) is_outlier[size_t(c)] = 1;
+    for (int64_t c = 0; c < k; ++c)
+      if (is_outlier[size_t(c)]) outliers.push_back(c);
+  }
+  std::vector<int8_t> codes(size_t(m * k));
+  std::vector<float> x_scale(static_cast<size_t>(m));
+  for (int64_t i = 0; i < m; ++i) {
+    const float* row = x + i * k;
+    float absmax = 0;
+    bool finite = true;
+    for (int64_t c = 0; c < k; ++c)
+      if (!is_outlier[size_t(c)]) {
+        finite &= std::isfinite(row[c]);
+        absmax = std::max(absmax, std::fabs(row[c]));
+      }
+    KOTOBA_CHECK(finite, "quantized_linear (LLM.int8): row ", i,
+                 " of x holds a non-finite value outside the outlier columns (it cannot be quantised to int8)");
+    const float to_code = absmax != 0.0f ? 127.0f / absmax : 0.0f;
+    if (std::isfinite(to_code)) {
+      for (int64_t c = 0; c < k; ++c)
+        codes[size_t(i * k + c)] = is_outlier[size_t(c)] ? int8_t(0) : int8_t(std::nearbyint(row[c] * to_code));
+    } else {  // a subnormal absmax: 127 / absmax overflows, so divide first
+      for (int64_t c = 0; c < k; ++c)
+        codes[size_t(i * k + c)] =
+            is_outlier[size_t(c)] ? int8_t(0) : int8_t(std::nearbyint(row[c] / absmax * 127.0f));
+    }
+    x_scale[size_t(i)] = absmax / 127.0f;
+  }
+  cpu::Int8GemmArgs a;
+  a.m = m;
+  a.n = n;
+  a.k = k;
+  a.a = codes.data();
+  a.b = reinterpret_cast<const int8_t*>(w.codes.data());
+  a.a_scale = x_scale.data();
+  a.b_scale = w.scales.data();  // one block per row: absmax / 127
+  a.c = out;
+  a.ldc = n;
+  if (cpu_isa() == "avx512")
+    cpu::avx512::int8_gemm(a);
+  else
+    cpu::avx2::int8_gemm(a);
+  if (outliers.empty()) return;
+  // out += x[:, outliers] @ (dequantised W[:, outliers])^T in f32.
+  const int64_t o = int64_t(outliers.size());
+  std::vector<float> xo(size_t(m * o)), wo(size_t(n * o));
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t q = 0; q < o; ++q) xo[size_t(i * o + q)] = x[i * k + outliers[size_t(q)]];
+  const int8_t* wc = reinterpret_cast<const int8_t*>(w.codes.data());
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t q = 0; q < o; ++q)
+      wo[size_t(j * o + q)] = float(wc[j * k + outliers[size_t(q)]]) * w.scales[size_t(j)];
+  GemmArgs g = plain_gemm(true, m, n, o, xo.data(), o, wo.data(), o, 1.0f, out, n);
+  KOTOBA_DISPATCH(Device::cpu, gemm, g);
+}
+
 }  // namespace
 
 Tensor quantized_linear(const Tensor& x_in, const std::shared_ptr<const quant::PackedWeight>& w, const Tensor& bias) {
@@ -58,7 +135,12 @@ Tensor quantized_linear(const Tensor& x_in, const std::shared_ptr<const quant::P
   Tensor out = Tensor::empty(out_shape, DType::f32, Device::cpu);
   const float* xp = x.data<float>();
   float* op = out.data<float>();
-  if (m <= kKernelRows) {
+  KOTOBA_CHECK(!w->int8_activations || w->format == quant::WeightFormat::int8,
+               "quantized_linear: int8 activations (LLM.int8) need an int8 weight, got ",
+               quant::weight_format_name(w->format));
+  if (w->int8_activations) {
+    llm_int8_forward(xp, m, *w, op);
+  } else if (m <= kKernelRows) {
     QuantGemmArgs a{m, n, k, xp, k, w->codes.data(), w->row_bytes(), w->scales.data(), w->blocksize, w->bits,
                     w->table.data(), op, n, false};
     KOTOBA_DISPATCH(Device::cpu, quant_gemm, a);

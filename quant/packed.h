@@ -35,6 +35,12 @@ struct PackedWeight {
   std::vector<uint8_t> codes;    // rows * cols (8-bit) or rows * cols / 2 (4-bit) bytes
   std::vector<float> scales;     // rows * cols / blocksize
   std::array<float, 16> table{};  // 4-bit: code -> value before scaling
+  // int8 only, LLM.int8() (Dettmers et al. 2022; ops/quant_matmul.cpp): when set, quantized_linear
+  // quantises the activations to int8 too, per row, except the input features where some row's
+  // |x| > outlier_threshold, which are multiplied in f32 (threshold 0: no such features). Off:
+  // weight-only int8 (f32 activations), the default.
+  bool int8_activations = false;
+  float outlier_threshold = 0;
 
   // Everything but the codes and scales, for a rows x cols matrix in `format` (checks packable).
   static PackedWeight layout(WeightFormat format, int64_t rows, int64_t cols);

@@ -1,8 +1,8 @@
 // Quantised models: quantize_model turns the Linear layers (only; an untied LLaMA lm_head is one)
 // into quantised weights; the directory saved from such a model loads back with the same logits
 // and no f32 copies of those weights; a trained model's held-out perplexity stays within the
-// issue's bounds (int8 +1 %, 4-bit +5 %); a broken quantization_config or quantized.safetensors is
-// an error naming the file.
+// issue's bounds (int8 and LLM.int8() +1 %, 4-bit +5 %); an LLM.int8() directory keeps its mode;
+// a broken quantization_config or quantized.safetensors is an error naming the file.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -222,6 +222,83 @@ TEST(QuantizedModel, TrainedModelPerplexityStaysWithinBounds) {
     std::printf("%-5s held-out perplexity %.4f (%+.3f%%)\n", quant::weight_format_name(f), ppl, 100 * (ppl / base - 1));
     EXPECT_LE(ppl, base * (quant::weight_format_bits(f) == 8 ? 1.01 : 1.05)) << quant::weight_format_name(f);
   }
+  // LLM.int8(): int8 activations too, outlier columns (|x| > 6) in f32; and threshold 0 (all int8).
+  for (float threshold : {6.0f, 0.0f}) {
+    nn::Llama q(small_llama(V, seed + 1, 64));
+    copy_parameters(model, q);
+    quantize_model(q, quant::WeightFormat::int8, Int8Activations{true, threshold});
+    q.eval();
+    const double ppl = perplexity(q);
+    std::printf("llm_int8 (threshold %g) held-out perplexity %.4f (%+.3f%%)\n", double(threshold), ppl,
+                100 * (ppl / base - 1));
+    EXPECT_LE(ppl, base * 1.01) << "llm_int8, threshold " << threshold;
+  }
+}
+
+// `--to llm_int8`: the directory remembers the mode and loads back running it (same logits).
+TEST(QuantizedModel, LlmInt8DirectoryKeepsItsMode) {
+  const fs::path root = scratch("llm_int8");
+  nn::Llama model(small_llama(300, kt::test_seed()));
+  model.eval();
+  Tensor ids = Tensor::from_vector_i32({5, 9, 2, 7, 11, 3, 1, 30}, {2, 4});
+  NoGradGuard no_grad;
+  const std::vector<float> f32 = model.logits(ids).to_vector();
+  EXPECT_THROW(quantize_model(model, quant::WeightFormat::nf4, Int8Activations{true, 6.0f}), Error);
+  EXPECT_THROW(quantize_model(model, quant::WeightFormat::int8, Int8Activations{true, -1.0f}), Error);
+  quantize_model(model, quant::WeightFormat::int8, Int8Activations{true, 1.5f});
+  for (auto& [name, m] : model.named_modules())
+    if (auto* l = dynamic_cast<nn::Linear*>(m)) {
+      ASSERT_NE(l->quantized(), nullptr) << name;
+      EXPECT_TRUE(l->quantized()->int8_activations) << name;
+      EXPECT_EQ(l->quantized()->outlier_threshold, 1.5f) << name;
+    }
+  const std::vector<float> want = model.logits(ids).to_vector();
+  double diff = 0;  // the mode is really on: int8 activations change the logits
+  for (size_t i = 0; i < want.size(); ++i) diff = std::max(diff, double(std::fabs(want[i] - f32[i])));
+  EXPECT_GT(diff, 0.0);
+  const fs::path dir = root / "m";
+  save_model_dir(dir.string(), model, tokenizer_file(root / "tok", 300));
+  const std::string config_text = [&] {
+    std::ifstream in(dir / "config.json");
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  }();
+  json config = json::parse(config_text);
+  EXPECT_EQ(config["quantization_config"]["format"], "int8");
+  EXPECT_EQ(config["quantization_config"]["activations"], "int8");
+  EXPECT_EQ(config["quantization_config"]["llm_int8_threshold"], 1.5);
+  {
+    LoadedModel loaded = load_model_dir(dir.string());
+    loaded.model->eval();
+    const std::vector<float> got = loaded.model->logits(ids).to_vector();
+    ASSERT_EQ(got.size(), want.size());
+    for (size_t i = 0; i < got.size(); ++i) ASSERT_EQ(got[i], want[i]) << i;
+  }
+  auto load_error = [&](const json& c) -> std::string {
+    std::ofstream(dir / "config.json") << c.dump();
+    try {
+      load_model_dir(dir.string());
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "";
+  };
+  json bad = config;
+  bad["quantization_config"]["activations"] = "int4";
+  EXPECT_NE(load_error(bad).find(".activations must be \"int8\""), std::string::npos) << load_error(bad);
+  bad = config;
+  bad["quantization_config"]["llm_int8_threshold"] = -2;
+  EXPECT_NE(load_error(bad).find(".llm_int8_threshold must be a finite number >= 0"), std::string::npos)
+      << load_error(bad);
+  bad["quantization_config"].erase("llm_int8_threshold");
+  EXPECT_NE(load_error(bad).find(".llm_int8_threshold is missing"), std::string::npos) << load_error(bad);
+  bad = config;
+  bad["quantization_config"].erase("activations");
+  EXPECT_NE(load_error(bad).find("is set but .activations is not"), std::string::npos) << load_error(bad);
+  bad = config;
+  bad["quantization_config"]["activations"] = "f32";
+  bad["quantization_config"].erase("llm_int8_threshold");
+  EXPECT_EQ(load_error(bad), "") << "weight-only int8, stated explicitly";
+  fs::remove_all(root);
 }
 
 TEST(QuantizedModel, BrokenFilesAreNamed) {
