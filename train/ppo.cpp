@@ -463,7 +463,9 @@ PpoResult PpoTrainer::run(int64_t stop_after_update) {
         val.y.push_back(r.val_reward);
       }
     }
-    write_line_plot((out / "reward.png").string(), {score, rlhf, val}, "PPO reward", "update", "reward");
+    std::vector<Series> rewards = {score, rlhf};
+    if (!val.x.empty()) rewards.push_back(val);  // a legend entry only when there is a validation set
+    write_line_plot((out / "reward.png").string(), rewards, "PPO reward", "update", "reward");
     write_line_plot((out / "kl.png").string(), {kl, entropy}, "PPO KL and entropy", "update", "nats");
     write_line_plot((out / "ppo_losses.png").string(), {clipfrac, vf}, "PPO clip fraction and value loss", "update",
                     "value");
