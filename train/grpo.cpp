@@ -728,17 +728,10 @@ GrpoResult GrpoTrainer::run(int64_t stop_after_step) {
     save_checkpoint();
   write_plots();
   if (result.finished) {
-    if (s.lora) {
-      result.adapter_dir = (out / "adapter").string();
-      save_peft_adapter(result.adapter_dir, model, *s.lora, c.model);
-      if (options_.log) options_.log("LoRA adapter (PEFT layout) written to " + result.adapter_dir);
-    }
-    if (!s.lora || c.merge) {
-      if (s.lora) nn::merge_and_unload(model);
-      result.model_dir = (out / "model").string();
-      save_finetuned_model_dir(result.model_dir, model, *s.tok, s.loaded.generation, *s.chat_template, c.model);
-      if (options_.log) options_.log("model written to " + result.model_dir);
-    }
+    const FinetunedOutputs written = save_finetuned_outputs(out.string(), model, s.lora, c.merge != 0, *s.tok,
+                                                            s.loaded.generation, *s.chat_template, c.model, options_.log);
+    result.adapter_dir = written.adapter_dir;
+    result.model_dir = written.model_dir;
   }
   return result;
 }

@@ -559,9 +559,8 @@ PpoResult PpoTrainer::run(int64_t stop_after_update) {
     }
   };
 
-  // KL, rewards and advantages over the reply layout; fills the update's rollout metrics and the
-  // mean square of the returns (the scale a sane value loss stays within).
-  double returns_ms = 0;
+  // KL, rewards and advantages over the reply layout; fills the update's rollout metrics and
+  // returns the mean square of the returns (the scale a sane value loss stays within).
   auto advantages = [&](std::vector<Sample>& samples, PpoUpdateMetrics& m) {
     const int64_t B = int64_t(samples.size());
     int64_t T = 0;
@@ -594,7 +593,7 @@ PpoResult PpoTrainer::run(int64_t stop_after_update) {
         returns_sq += double(adv.returns[i]) * double(adv.returns[i]);
         value_positions += 1;
       }
-    returns_ms = returns_sq / std::max(1.0, value_positions);
+    const double returns_ms = returns_sq / std::max(1.0, value_positions);
     for (int64_t b = 0; b < B; ++b) {
       Sample& smp = samples[size_t(b)];
       smp.advantages.assign(adv.advantages.begin() + b * T, adv.advantages.begin() + b * T + smp.reply_len + 1);
@@ -618,6 +617,7 @@ PpoResult PpoTrainer::run(int64_t stop_after_update) {
     if (!(nll <= explode_nll))
       stopped(detail::concat("the policy's loss exploded at update ", s.update + 1, ": its replies' negative ",
                              "log-likelihood reached ", nll, " per token (more than 4 ln V = ", explode_nll, ")"));
+    return returns_ms;
   };
 
   // The loss targets of micro-batch `rows` in the column layout of `b`.
@@ -656,7 +656,7 @@ PpoResult PpoTrainer::run(int64_t stop_after_update) {
     std::vector<Sample> samples = sample_replies(update);
     score_rollouts(samples);
     PpoUpdateMetrics m;
-    advantages(samples, m);
+    const double returns_ms = advantages(samples, m);
 
     double loss_sum = 0;
     int64_t step_count = 0;
@@ -770,17 +770,10 @@ PpoResult PpoTrainer::run(int64_t stop_after_update) {
     save_safetensors(result.value_head_path,
                      {{kValueHeadWeight, value_head.weight.detach()}, {kValueHeadBias, value_head.bias.detach()}},
                      {{"format", "pt"}});
-    if (s.lora) {
-      result.adapter_dir = (out / "adapter").string();
-      save_peft_adapter(result.adapter_dir, model, *s.lora, c.model);
-      if (options_.log) options_.log("LoRA adapter (PEFT layout) written to " + result.adapter_dir);
-    }
-    if (!s.lora || c.merge) {
-      if (s.lora) nn::merge_and_unload(model);
-      result.model_dir = (out / "model").string();
-      save_finetuned_model_dir(result.model_dir, model, *s.tok, s.loaded.generation, *s.chat_template, c.model);
-      if (options_.log) options_.log("model written to " + result.model_dir);
-    }
+    const FinetunedOutputs written = save_finetuned_outputs(out.string(), model, s.lora, c.merge != 0, *s.tok,
+                                                            s.loaded.generation, *s.chat_template, c.model, options_.log);
+    result.adapter_dir = written.adapter_dir;
+    result.model_dir = written.model_dir;
   }
   return result;
 }

@@ -219,6 +219,26 @@ struct SftTrainer::State {
   std::vector<LossRow> rows;
 };
 
+FinetunedOutputs save_finetuned_outputs(const std::string& out, nn::CausalLM& model,
+                                        const std::optional<nn::LoraConfig>& lora, bool merge,
+                                        const tokenizer::Tokenizer& tokenizer, const GenerationConfig& generation,
+                                        const chat::ChatTemplate& chat_template, const std::string& base_dir,
+                                        const std::function<void(const std::string&)>& log) {
+  FinetunedOutputs written;
+  if (lora) {
+    written.adapter_dir = (fs::path(out) / "adapter").string();
+    save_peft_adapter(written.adapter_dir, model, *lora, base_dir);
+    if (log) log("LoRA adapter (PEFT layout) written to " + written.adapter_dir);
+  }
+  if (!lora || merge) {
+    if (lora) nn::merge_and_unload(model);
+    written.model_dir = (fs::path(out) / "model").string();
+    save_finetuned_model_dir(written.model_dir, model, tokenizer, generation, chat_template, base_dir);
+    if (log) log("model written to " + written.model_dir);
+  }
+  return written;
+}
+
 chat::ChatTemplate resolve_chat_template(const std::string& name, const std::string& dir, const tokenizer::Tokenizer& tok,
                                          const GenerationConfig& generation) {
   const std::string config_path = (fs::path(dir) / "tokenizer_config.json").string();
@@ -617,17 +637,10 @@ SftResult SftTrainer::run(int64_t stop_after_step) {
   write_loss_files();
   if (result.finished) {
     model.eval();
-    if (s.lora) {
-      result.adapter_dir = (out / "adapter").string();
-      save_peft_adapter(result.adapter_dir, model, *s.lora, c.model);
-      if (options_.log) options_.log("LoRA adapter (PEFT layout) written to " + result.adapter_dir);
-    }
-    if (!s.lora || c.merge) {
-      if (s.lora) nn::merge_and_unload(model);
-      result.model_dir = (out / "model").string();
-      save_finetuned_model_dir(result.model_dir, model, *s.tok, s.loaded.generation, *s.chat_template, c.model);
-      if (options_.log) options_.log("model written to " + result.model_dir);
-    }
+    const FinetunedOutputs written = save_finetuned_outputs(out.string(), model, s.lora, c.merge != 0, *s.tok,
+                                                            s.loaded.generation, *s.chat_template, c.model, options_.log);
+    result.adapter_dir = written.adapter_dir;
+    result.model_dir = written.model_dir;
   }
   return result;
 }

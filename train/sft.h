@@ -107,6 +107,19 @@ void save_finetuned_model_dir(const std::string& dir, const nn::CausalLM& model,
                               const GenerationConfig& generation, const chat::ChatTemplate& chat_template,
                               const std::string& base_dir = "");
 
+// What a finished fine-tuning run writes under `out`: with LoRA (`lora` set) the adapter in PEFT's
+// layout as OUT/adapter; without LoRA, or with `merge`, the model (the adapter merged in and
+// unloaded) as OUT/model through save_finetuned_model_dir. Returns the directories written (empty
+// when not), each announced through `log` when it is set. Shared by sft, dpo, grpo and ppo.
+struct FinetunedOutputs {
+  std::string adapter_dir, model_dir;
+};
+FinetunedOutputs save_finetuned_outputs(const std::string& out, nn::CausalLM& model,
+                                        const std::optional<nn::LoraConfig>& lora, bool merge,
+                                        const tokenizer::Tokenizer& tokenizer, const GenerationConfig& generation,
+                                        const chat::ChatTemplate& chat_template, const std::string& base_dir,
+                                        const std::function<void(const std::string&)>& log);
+
 // The chat template `name` (chatml, llama2, alpaca, plain, or auto: the model directory's
 // tokenizer_config.json template, else alpaca) for the model directory `dir`, with the tokenizer's
 // (or generation_config.json's) BOS/EOS. Shared by the fine-tuning commands (sft, reward, dpo, grpo).
