@@ -22,7 +22,7 @@
 using namespace kotoba;
 
 int main(int argc, char** argv) try {
-  prefer_passive_openmp_threads(argv);  // as the kotoba command does
+  bound_openmp_spinning(argv);  // as the kotoba command does
   std::string dir;
   int64_t prompt_tokens = 512, new_tokens = 128, threads = 2, repeat = 2;
   std::vector<int64_t> batches = {1, 8};

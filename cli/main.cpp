@@ -99,7 +99,7 @@ int usage(std::ostream& out) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  kotoba::prefer_passive_openmp_threads(argv);
+  kotoba::bound_openmp_spinning(argv);
   kotoba::cli::Args args(argv + 1, argv + argc);
   if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") return usage(std::cout);
   auto& table = kotoba::cli::commands();

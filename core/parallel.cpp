@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <string>
 
 extern "C" void openblas_set_num_threads(int);
 
@@ -18,9 +19,10 @@ void set_num_threads(int threads) {
 
 int num_threads() { return omp_get_max_threads(); }
 
-void prefer_passive_openmp_threads(char** argv) {
-  if (std::getenv("OMP_WAIT_POLICY") != nullptr) return;
+void bound_openmp_spinning(char** argv, long spin_count) {
+  if (std::getenv("OMP_WAIT_POLICY") != nullptr || std::getenv("GOMP_SPINCOUNT") != nullptr) return;
   ::setenv("OMP_WAIT_POLICY", "passive", 1);
+  ::setenv("GOMP_SPINCOUNT", std::to_string(spin_count).c_str(), 1);
   ::execv("/proc/self/exe", argv);
 }
 

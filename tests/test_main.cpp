@@ -1,5 +1,5 @@
-// The test binary's main. Its OpenMP threads wait passively, as the kotoba command's do
-// (core/parallel.h): ctest runs two test processes side by side on a 2-core CI machine, and
+// The test binary's main. Its OpenMP threads wait passively, without even the kotoba command's
+// short spin (core/parallel.h): ctest runs two test processes side by side on a 2-core CI machine, and
 // libgomp's spinning idle threads would otherwise take the cores from each other's working
 // threads (the two long fine-tuning tests ran 8 minutes of CPU each instead of about one).
 #include <gtest/gtest.h>
@@ -7,7 +7,7 @@
 #include "core/parallel.h"
 
 int main(int argc, char** argv) {
-  kotoba::prefer_passive_openmp_threads(argv);
+  kotoba::bound_openmp_spinning(argv, 0);
   ::testing::InitGoogleTest(&argc, argv);
   return RUN_ALL_TESTS();
 }

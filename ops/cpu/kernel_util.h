@@ -2,10 +2,12 @@
 // and the stable sigmoid. Compiled per ISA like the kernels, so no STL here either.
 #pragma once
 // GCC 12 reports the deliberately undefined pass-through operand of AVX-512 intrinsics
-// (_mm512_undefined_ps) as maybe-uninitialized once they are inlined into OpenMP regions.
+// (_mm512_undefined_ps) as maybe-uninitialized (or uninitialized) once they are inlined into
+// OpenMP regions.
 // The state must be set before <immintrin.h> is first seen, so include this header first.
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 #include <omp.h>
 

@@ -1,15 +1,23 @@
 // CPU kernel: x @ W^T with W quantised (quant/packed.h's layout), decoding each block of codes
 // into registers and never into memory: the weights cross the memory bus at 1 or 0.5 bytes per
-// element instead of 4, which is what bounds decoding speed. Each decoded vector is used for up
-// to four rows of x before the next is decoded. Compiled per ISA; 4-bit codes are looked up in the
-// 16-entry table with one permute (AVX-512), or on AVX2 with byte shuffles (see ByteTable) against
-// a copy of x reordered to the order they decode in.
+// element instead of 4, which is what bounds decoding speed. A register tile of up to four rows
+// of W by four (AVX2: two) rows of x shares each decoded vector and each x vector, and the codes
+// are prefetched well ahead. Compiled per ISA; 4-bit codes are looked up in the 16-entry table
+// with one permute (AVX-512), or on AVX2 with byte shuffles (see ByteTable) against a copy of x
+// reordered to the order they decode in.
 #include "ops/cpu/kernel_util.h"
 #include "ops/cpu/register.h"
 
 namespace kotoba::cpu::KOTOBA_ISA_NS {
 
 namespace {
+
+// How far ahead of its reads a row's codes are prefetched. The codes stream from memory at 1 or
+// 0.5 bytes per weight, so the out-of-order window alone covers too few bytes to keep enough
+// cache misses in flight; a software prefetch a few tiles ahead brings the bandwidth up to what
+// f32 rows get from the hardware prefetchers.
+constexpr int64_t kPrefetchBytes = 12288;
+inline void prefetch(const uint8_t* p) { _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchBytes), _MM_HINT_T0); }
 
 #if defined(KOTOBA_ISA_AVX512)
 inline Vec load_i8(const uint8_t* p) {
@@ -121,6 +129,7 @@ inline void dot_rows_shuffled(const QuantGemmArgs& a, const ByteTable& table, co
     const int64_t k0 = b * a.blocksize;
     const uint8_t* block = codes + b * half;
     for (int64_t c = 0; c < half; c += 16) {
+      if (((b * half + c) & 63) == 0) prefetch(block + c);
       Vec w[4];
       decode32(block + c, table, w);
       for (int g = 0; g < 4; ++g) {
@@ -136,43 +145,127 @@ inline void dot_rows_shuffled(const QuantGemmArgs& a, const ByteTable& table, co
 }
 #endif
 
-// Rows m0 .. m0 + MC of x against row n of W.
-template <int MC>
-inline void dot_rows(const QuantGemmArgs& a, const Table& table, int64_t n, int64_t m0) {
-  const int64_t blocks = a.k / a.blocksize, half = a.blocksize / 2;
-  const uint8_t* codes = a.codes + n * a.row_bytes;
-  const float* scales = a.scales + n * blocks;
-  const float* x[MC];
-  Vec acc[MC];
-  for (int i = 0; i < MC; ++i) {
-    x[i] = a.x + (m0 + i) * a.ldx;
-    acc[i] = vzero();
+// The three code layouts the register-tile kernel is specialised for.
+enum class Codes {
+  int8_row,    // 8-bit, one block (scale) per row: applied to the finished sums
+  int8_block,  // 8-bit, blocks of a multiple of 32 columns: each decoded vector scaled
+  nibble,      // 4-bit through the 16-entry table, each decoded vector scaled
+};
+
+// Rows n0 .. n0 + NR of W against rows m0 .. m0 + MC of x: NR x MC accumulators, one per pair,
+// so that a batch-1 call still has NR independent FMA chains and each x vector is loaded once per
+// NR rows of W. Every pair is accumulated in the same order whatever the tile, so a row's result
+// has the same bits alone or in a batch. Rows of W are consecutive in memory, so the prefetches
+// run ahead into the tiles that follow.
+template <Codes C, int NR, int MC>
+inline void dot_tile(const QuantGemmArgs& a, const Table& table, int64_t n0, int64_t m0) {
+  const int64_t blocks = a.k / a.blocksize;
+  const uint8_t* codes[NR];
+  const float* scales[NR];
+  for (int r = 0; r < NR; ++r) {
+    codes[r] = a.codes + (n0 + r) * a.row_bytes;
+    scales[r] = a.scales + (n0 + r) * blocks;
   }
-  for (int64_t b = 0; b < blocks; ++b) {
-    const Vec s = vset(scales[b]);
-    const int64_t k0 = b * a.blocksize;
-    if (a.bits == 8) {
-      for (int64_t c = 0; c < a.blocksize; c += kLanes) {
-        const Vec w = load_i8(codes + k0 + c) * s;
-        for (int i = 0; i < MC; ++i) acc[i] = vfma(w, vload(x[i] + k0 + c), acc[i]);
+  const float* x[MC];
+  Vec acc[NR][MC];
+  for (int i = 0; i < MC; ++i) x[i] = a.x + (m0 + i) * a.ldx;
+  for (int r = 0; r < NR; ++r)
+    for (int i = 0; i < MC; ++i) acc[r][i] = vzero();
+  if constexpr (C == Codes::int8_row) {
+    // 32 columns (one or two cache lines' worth of codes) per step; k is a multiple of 32.
+    for (int64_t c = 0; c < a.k; c += 32) {
+      if ((c & 63) == 0)
+        for (int r = 0; r < NR; ++r) prefetch(codes[r] + c);
+      for (int v = 0; v < 32; v += kLanes) {
+        Vec xv[MC];
+        for (int i = 0; i < MC; ++i) xv[i] = vload(x[i] + c + v);
+        for (int r = 0; r < NR; ++r) {
+          const Vec w = load_i8(codes[r] + c + v);
+          for (int i = 0; i < MC; ++i) acc[r][i] = vfma(w, xv[i], acc[r][i]);
+        }
       }
-    } else {
-      const uint8_t* block = codes + b * half;
+    }
+  } else if constexpr (C == Codes::int8_block) {
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t k0 = b * a.blocksize;
+      Vec s[NR];
+      for (int r = 0; r < NR; ++r) s[r] = vset(scales[r][b]);
+      for (int64_t c = k0; c < k0 + a.blocksize; c += 32) {
+        if ((c & 63) == 0)
+          for (int r = 0; r < NR; ++r) prefetch(codes[r] + c);
+        for (int v = 0; v < 32; v += kLanes) {
+          Vec xv[MC];
+          for (int i = 0; i < MC; ++i) xv[i] = vload(x[i] + c + v);
+          for (int r = 0; r < NR; ++r) {
+            const Vec w = load_i8(codes[r] + c + v) * s[r];
+            for (int i = 0; i < MC; ++i) acc[r][i] = vfma(w, xv[i], acc[r][i]);
+          }
+        }
+      }
+    }
+  } else {
+    const int64_t half = a.blocksize / 2;
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t k0 = b * a.blocksize;
+      Vec s[NR];
+      for (int r = 0; r < NR; ++r) s[r] = vset(scales[r][b]);
       for (int64_t c = 0; c < half; c += kLanes) {
-        Vec lo, hi;
-        load_nibbles(block + c, table, lo, hi);
-        lo = lo * s;
-        hi = hi * s;
+        if (((b * half + c) & 63) == 0)
+          for (int r = 0; r < NR; ++r) prefetch(codes[r] + b * half + c);
+        Vec xlo[MC], xhi[MC];
         for (int i = 0; i < MC; ++i) {
-          acc[i] = vfma(lo, vload(x[i] + k0 + c), acc[i]);
-          acc[i] = vfma(hi, vload(x[i] + k0 + half + c), acc[i]);
+          xlo[i] = vload(x[i] + k0 + c);
+          xhi[i] = vload(x[i] + k0 + half + c);
+        }
+        for (int r = 0; r < NR; ++r) {
+          Vec lo, hi;
+          load_nibbles(codes[r] + b * half + c, table, lo, hi);
+          lo = lo * s[r];
+          hi = hi * s[r];
+          for (int i = 0; i < MC; ++i) acc[r][i] = vfma(hi, xhi[i], vfma(lo, xlo[i], acc[r][i]));
         }
       }
     }
   }
-  for (int i = 0; i < MC; ++i) {
-    float* o = a.out + (m0 + i) * a.ldo + n;
-    *o = (a.accumulate ? *o : 0.0f) + vsum(acc[i]);
+  for (int r = 0; r < NR; ++r)
+    for (int i = 0; i < MC; ++i) {
+      float* o = a.out + (m0 + i) * a.ldo + n0 + r;
+      const float sum = C == Codes::int8_row ? vsum(acc[r][i]) * scales[r][0] : vsum(acc[r][i]);
+      *o = (a.accumulate ? *o : 0.0f) + sum;
+    }
+}
+
+// Register tile: rows of W x rows of x, within the 32 (AVX-512) or 16 (AVX2) vector registers.
+#if defined(KOTOBA_ISA_AVX512)
+constexpr int kTileW = 4, kTileX = 4;
+#else
+constexpr int kTileW = 4, kTileX = 2;
+#endif
+
+template <Codes C, int NR>
+inline void dot_tile_x(const QuantGemmArgs& a, const Table& table, int64_t n0, int64_t m0, int64_t mc) {
+  switch (mc) {
+    case 1: return dot_tile<C, NR, 1>(a, table, n0, m0);
+    case 2: return dot_tile<C, NR, 2>(a, table, n0, m0);
+    case 3: if constexpr (kTileX >= 3) return dot_tile<C, NR, 3>(a, table, n0, m0); break;
+    case 4: if constexpr (kTileX >= 4) return dot_tile<C, NR, 4>(a, table, n0, m0); break;
+    default: break;
+  }
+}
+
+// out rows [0, m) x columns [begin, end): tiles of kTileX rows of x by kTileW rows of W.
+template <Codes C>
+inline void dot_tiles(const QuantGemmArgs& a, const Table& table, int64_t begin, int64_t end) {
+  for (int64_t m0 = 0; m0 < a.m; m0 += kTileX) {
+    const int64_t mc = min_i64(kTileX, a.m - m0);
+    for (int64_t n0 = begin; n0 < end; n0 += kTileW) {
+      switch (min_i64(kTileW, end - n0)) {
+        case 4: dot_tile_x<C, 4>(a, table, n0, m0, mc); break;
+        case 3: dot_tile_x<C, 3>(a, table, n0, m0, mc); break;
+        case 2: dot_tile_x<C, 2>(a, table, n0, m0, mc); break;
+        default: dot_tile_x<C, 1>(a, table, n0, m0, mc); break;
+      }
+    }
   }
 }
 
@@ -180,8 +273,8 @@ void quant_gemm(const QuantGemmArgs& a) {
   if (a.m == 0 || a.n == 0) return;
   float zero_table[16] = {};
   const Table table(a.table ? a.table : zero_table);
-  // Enough rows of W per work item to amortise the fork: ~64k weights.
-  const int64_t grain = max_i64(1, (int64_t(1) << 16) / max_i64(1, a.k));
+  // Enough rows of W per work item to amortise the fork: ~64k weights, whole register tiles.
+  const int64_t grain = max_i64(1, (int64_t(1) << 16) / max_i64(1, a.k) / kTileW) * kTileW;
 #if !defined(KOTOBA_ISA_AVX512)
   if (shuffle_path(a)) {
     const ByteTable bytes(a.table ? a.table : zero_table);
@@ -204,17 +297,12 @@ void quant_gemm(const QuantGemmArgs& a) {
     return;
   }
 #endif
+  const Codes codes = a.bits == 4 ? Codes::nibble : a.blocksize == a.k ? Codes::int8_row : Codes::int8_block;
   parallel_chunks(a.n, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t m0 = 0; m0 < a.m; m0 += 4) {
-      const int64_t mc = min_i64(4, a.m - m0);
-      for (int64_t n = begin; n < end; ++n) {
-        switch (mc) {
-          case 4: dot_rows<4>(a, table, n, m0); break;
-          case 3: dot_rows<3>(a, table, n, m0); break;
-          case 2: dot_rows<2>(a, table, n, m0); break;
-          default: dot_rows<1>(a, table, n, m0); break;
-        }
-      }
+    switch (codes) {
+      case Codes::int8_row: return dot_tiles<Codes::int8_row>(a, table, begin, end);
+      case Codes::int8_block: return dot_tiles<Codes::int8_block>(a, table, begin, end);
+      case Codes::nibble: return dot_tiles<Codes::nibble>(a, table, begin, end);
     }
   });
 }
