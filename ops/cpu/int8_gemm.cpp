@@ -33,6 +33,7 @@ inline void dot_rows(const Int8GemmArgs& g, int64_t j, int64_t i0) {
   const int8_t* b = g.b + j * g.k;
   const __m512i ones = _mm512_set1_epi16(1);
   for (int64_t t = 0; t < g.k; t += 64) {
+    prefetch_stream(b + t);
     const int64_t left = g.k - t;
     const __mmask64 valid = left >= 64 ? ~__mmask64(0) : (__mmask64(1) << left) - 1;
     const __m512i vb = _mm512_maskz_loadu_epi8(valid, b + t);
@@ -65,6 +66,7 @@ inline void dot_rows(const Int8GemmArgs& g, int64_t j, int64_t i0) {
   const int8_t* b = g.b + j * g.k;
   const __m256i ones = _mm256_set1_epi16(1);
   for (int64_t t = 0; t < g.k; t += 32) {  // k is a multiple of 32
+    if ((t & 63) == 0) prefetch_stream(b + t);
     const __m256i vb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + t));
     const __m256i ub = _mm256_abs_epi8(vb);
     for (int r = 0; r < M; ++r) {

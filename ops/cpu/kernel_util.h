@@ -60,6 +60,16 @@ inline void* thread_scratch(size_t bytes) {
   return buffer.get((bytes + sizeof(float) - 1) / sizeof(float));
 }
 
+// Prefetches the cache line kStreamAhead bytes past p, for kernels that stream quantised weight
+// codes from memory (quant_gemm, int8_gemm): at 1 or 0.5 bytes per weight the out-of-order window
+// alone covers too few bytes to keep enough cache misses in flight, and a prefetch a few tiles of
+// rows ahead brings the bandwidth up to what f32 rows get from the hardware prefetchers (batch-1
+// int8 decode 54 -> 68 tokens/s on a 2-core Xeon; 1-24 KB ahead measured, 12 KB among the best).
+constexpr int64_t kStreamAhead = 12288;
+inline void prefetch_stream(const void* p) {
+  _mm_prefetch(static_cast<const char*>(p) + kStreamAhead, _MM_HINT_T0);
+}
+
 inline Vec vabs(Vec x) { return vmax(x, vzero() - x); }
 
 // 1/d for d in [1, 2] (no zeros, infinities or denormals): the hardware estimate refined by

@@ -12,13 +12,6 @@ namespace kotoba::cpu::KOTOBA_ISA_NS {
 
 namespace {
 
-// How far ahead of its reads a row's codes are prefetched. The codes stream from memory at 1 or
-// 0.5 bytes per weight, so the out-of-order window alone covers too few bytes to keep enough
-// cache misses in flight; a software prefetch a few tiles ahead brings the bandwidth up to what
-// f32 rows get from the hardware prefetchers.
-constexpr int64_t kPrefetchBytes = 12288;
-inline void prefetch(const uint8_t* p) { _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchBytes), _MM_HINT_T0); }
-
 #if defined(KOTOBA_ISA_AVX512)
 inline Vec load_i8(const uint8_t* p) {
   return {_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))))};
@@ -129,7 +122,7 @@ inline void dot_rows_shuffled(const QuantGemmArgs& a, const ByteTable& table, co
     const int64_t k0 = b * a.blocksize;
     const uint8_t* block = codes + b * half;
     for (int64_t c = 0; c < half; c += 16) {
-      if (((b * half + c) & 63) == 0) prefetch(block + c);
+      if (((b * half + c) & 63) == 0) prefetch_stream(block + c);
       Vec w[4];
       decode32(block + c, table, w);
       for (int g = 0; g < 4; ++g) {
@@ -175,7 +168,7 @@ inline void dot_tile(const QuantGemmArgs& a, const Table& table, int64_t n0, int
     // 32 columns (one or two cache lines' worth of codes) per step; k is a multiple of 32.
     for (int64_t c = 0; c < a.k; c += 32) {
       if ((c & 63) == 0)
-        for (int r = 0; r < NR; ++r) prefetch(codes[r] + c);
+        for (int r = 0; r < NR; ++r) prefetch_stream(codes[r] + c);
       for (int v = 0; v < 32; v += kLanes) {
         Vec xv[MC];
         for (int i = 0; i < MC; ++i) xv[i] = vload(x[i] + c + v);
@@ -192,7 +185,7 @@ inline void dot_tile(const QuantGemmArgs& a, const Table& table, int64_t n0, int
       for (int r = 0; r < NR; ++r) s[r] = vset(scales[r][b]);
       for (int64_t c = k0; c < k0 + a.blocksize; c += 32) {
         if ((c & 63) == 0)
-          for (int r = 0; r < NR; ++r) prefetch(codes[r] + c);
+          for (int r = 0; r < NR; ++r) prefetch_stream(codes[r] + c);
         for (int v = 0; v < 32; v += kLanes) {
           Vec xv[MC];
           for (int i = 0; i < MC; ++i) xv[i] = vload(x[i] + c + v);
@@ -211,7 +204,7 @@ inline void dot_tile(const QuantGemmArgs& a, const Table& table, int64_t n0, int
       for (int r = 0; r < NR; ++r) s[r] = vset(scales[r][b]);
       for (int64_t c = 0; c < half; c += kLanes) {
         if (((b * half + c) & 63) == 0)
-          for (int r = 0; r < NR; ++r) prefetch(codes[r] + b * half + c);
+          for (int r = 0; r < NR; ++r) prefetch_stream(codes[r] + b * half + c);
         Vec xlo[MC], xhi[MC];
         for (int i = 0; i < MC; ++i) {
           xlo[i] = vload(x[i] + k0 + c);
