@@ -164,25 +164,14 @@ inline void dot_tile(const QuantGemmArgs& a, const Table& table, int64_t n0, int
   for (int i = 0; i < MC; ++i) x[i] = a.x + (m0 + i) * a.ldx;
   for (int r = 0; r < NR; ++r)
     for (int i = 0; i < MC; ++i) acc[r][i] = vzero();
-  if constexpr (C == Codes::int8_row) {
-    // 32 columns (one or two cache lines' worth of codes) per step; k is a multiple of 32.
-    for (int64_t c = 0; c < a.k; c += 32) {
-      if ((c & 63) == 0)
-        for (int r = 0; r < NR; ++r) prefetch_stream(codes[r] + c);
-      for (int v = 0; v < 32; v += kLanes) {
-        Vec xv[MC];
-        for (int i = 0; i < MC; ++i) xv[i] = vload(x[i] + c + v);
-        for (int r = 0; r < NR; ++r) {
-          const Vec w = load_i8(codes[r] + c + v);
-          for (int i = 0; i < MC; ++i) acc[r][i] = vfma(w, xv[i], acc[r][i]);
-        }
-      }
-    }
-  } else if constexpr (C == Codes::int8_block) {
+  if constexpr (C != Codes::nibble) {
+    // 32 columns (one or two cache lines' worth of codes) per step: k and the blocks are
+    // multiples of 32. int8_row is one block of k columns, scaled at the end.
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t k0 = b * a.blocksize;
-      Vec s[NR];
-      for (int r = 0; r < NR; ++r) s[r] = vset(scales[r][b]);
+      [[maybe_unused]] Vec s[NR];
+      if constexpr (C == Codes::int8_block)
+        for (int r = 0; r < NR; ++r) s[r] = vset(scales[r][b]);
       for (int64_t c = k0; c < k0 + a.blocksize; c += 32) {
         if ((c & 63) == 0)
           for (int r = 0; r < NR; ++r) prefetch_stream(codes[r] + c);
@@ -190,7 +179,8 @@ inline void dot_tile(const QuantGemmArgs& a, const Table& table, int64_t n0, int
           Vec xv[MC];
           for (int i = 0; i < MC; ++i) xv[i] = vload(x[i] + c + v);
           for (int r = 0; r < NR; ++r) {
-            const Vec w = load_i8(codes[r] + c + v) * s[r];
+            Vec w = load_i8(codes[r] + c + v);
+            if constexpr (C == Codes::int8_block) w = w * s[r];
             for (int i = 0; i < MC; ++i) acc[r][i] = vfma(w, xv[i], acc[r][i]);
           }
         }
