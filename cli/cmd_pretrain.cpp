@@ -66,6 +66,7 @@ int cmd_pretrain(const cli::Args& args) {
              << config.n_head << " heads, context " << trainer.model_max_positions() << ", vocabulary "
              << trainer.model_vocab_size() << ", " << double(trainer.module().parameter_count()) / 1e6 << "M parameters; batch " << config.batch << " x "
              << config.seq << " x " << config.grad_accum << " accumulated; " << num_threads() << " threads"
+             << (config.device == "cpu" ? "" : ", on " + config.device)
              << std::endl;
   train::PretrainResult result = trainer.run();
   log_stream << "done: step " << result.step << ", train loss " << result.train_loss << ", val loss "

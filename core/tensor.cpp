@@ -119,6 +119,12 @@ Tensor contiguous_on_device_or_throw(const Tensor& t) {
 
 void set_device_copy(DeviceCopyFn fn) { g_device_copy = fn; }
 
+Device parse_device(std::string_view name, std::string_view what) {
+  if (name == "cpu") return Device::cpu;
+  if (name == "cuda") return Device::cuda;
+  throw Error(detail::concat(what, ": expected \"cpu\" or \"cuda\", got \"", name, "\""));
+}
+
 Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
   for (int64_t d : shape) KOTOBA_CHECK(d >= 0, "Tensor::empty: negative dimension in shape ", shape_str(shape));
   auto impl = std::make_shared<TensorImpl>();

@@ -129,6 +129,9 @@ template <> inline uint8_t* Tensor::data<uint8_t>() const {
 using DeviceCopyFn = void (*)(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes);
 void set_device_copy(DeviceCopyFn fn);
 
+// "cpu" or "cuda"; anything else is an Error naming `what` (a flag or config field) and both.
+Device parse_device(std::string_view name, std::string_view what);
+
 // Gradient mode: while a NoGradGuard lives, ops record nothing on the tape (inference).
 bool grad_enabled();
 class NoGradGuard {

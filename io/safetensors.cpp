@@ -365,12 +365,15 @@ void save_safetensors(const std::string& path, const std::map<std::string, Tenso
   for (const auto& [name, tensor] : tensors) {
     KOTOBA_CHECK(name != "__metadata__", path, ": a tensor may not be named __metadata__");
     KOTOBA_CHECK(tensor.defined(), path, ": tensor '", name, "' is undefined");
-    KOTOBA_CHECK(tensor.device() == Device::cpu, path, ": tensor '", name, "' is on ", device_name(tensor.device()),
-                 "; move it to the cpu before saving");
     const char* dtype = name_of_dtype(tensor.dtype());
     KOTOBA_CHECK(dtype != nullptr, path, ": tensor '", name, "' has dtype ", dtype_name(tensor.dtype()),
                  ", which safetensors cannot hold");
     Tensor data = tensor.contiguous();
+    if (data.device() != Device::cpu) {  // a parameter trained on a GPU: its bytes, copied to the host
+      Tensor host = Tensor::empty(data.shape(), data.dtype(), Device::cpu);
+      host.copy_from(data);
+      data = host;
+    }
     uint64_t nbytes = data.nbytes();
     header[name] = {{"dtype", dtype}, {"shape", data.shape()}, {"data_offsets", {offset, offset + nbytes}}};
     offset += nbytes;

@@ -21,6 +21,7 @@
 #include "nn/gpt2.h"
 #include "nn/llama.h"
 #include "io/safetensors.h"
+#include "ops/ops.h"
 #include "train/checkpoint.h"
 #include "train/plot.h"
 
@@ -62,6 +63,7 @@ std::span<const PretrainConfigField> pretrain_config_fields() {
       {"log_every", &C::log_every, "steps between loss.csv rows", false},
       {"seed", &C::seed, "seed of initialisation, dropout and data sampling", true},
       {"threads", &C::threads, "CPU threads (0: all cores)", false},
+      {"device", &C::device, "where the model trains: cpu or cuda", false},
       {"data", &C::data, "directory written by kotoba prepare", false},
       {"tokenizer", &C::tokenizer, "tokenizer.json the shards were made with", false},
       {"out", &C::out, "output directory", false},
@@ -118,6 +120,9 @@ void validate_pretrain_config(const PretrainConfig& c) {
   KOTOBA_CHECK(c.beta1 >= 0 && c.beta1 < 1, "pretrain config: 'beta1' must be in [0, 1), got ", c.beta1);
   KOTOBA_CHECK(c.beta2 >= 0 && c.beta2 < 1, "pretrain config: 'beta2' must be in [0, 1), got ", c.beta2);
   KOTOBA_CHECK(c.eps > 0, "pretrain config: 'eps' must be positive, got ", c.eps);
+  KOTOBA_CHECK(parse_device(c.device, "pretrain config: 'device'") == Device::cpu || c.arch != "bert",
+               "pretrain config: 'arch' bert trains on the cpu only (its erf GELU has no CUDA kernel yet), got "
+               "'device' \"", c.device, "\"");
   non_negative(double(c.n_positions), "n_positions");
   non_negative(double(c.warmup), "warmup");
   non_negative(c.weight_decay, "weight_decay");
@@ -190,6 +195,7 @@ PretrainConfig Pretrainer::read_checkpoint_config(const std::string& out_dir) {
 Pretrainer::Pretrainer(PretrainConfig config, PretrainerOptions options)
     : config_(std::move(config)), options_(std::move(options)) {
   validate_pretrain_config(config_);
+  device_ = parse_device(config_.device, "pretrain config: 'device'");
   // Absolute, so that the checkpoint's copy of the config resumes from any working directory.
   config_.data = fs::absolute(config_.data).lexically_normal().string();
   config_.tokenizer = fs::absolute(config_.tokenizer).lexically_normal().string();
@@ -251,6 +257,8 @@ Pretrainer::Pretrainer(PretrainConfig config, PretrainerOptions options)
     model_ = std::make_unique<nn::GPT2>(mc);
   }
   module().train();
+  // Before the optimizer: its moments are made beside the parameters.
+  if (device_ != Device::cpu) module().to(device_);
   optimizer_ = std::make_unique<AdamW>(module().named_parameters(),
                                        AdamWConfig{.lr = float(config_.lr), .beta1 = float(config_.beta1),
                                                    .beta2 = float(config_.beta2), .eps = float(config_.eps),
@@ -283,7 +291,9 @@ int64_t Pretrainer::model_max_positions() const { return bert_ ? bert_->max_posi
 Generator& Pretrainer::dropout_generator() { return bert_ ? bert_->dropout_generator() : model_->dropout_generator(); }
 
 Tensor Pretrainer::batch_loss(const Tensor& x, const Tensor& y, uint64_t mask_seed, uint64_t batch_index) {
-  if (!bert_) return model_->loss(x, y);
+  // Batches are drawn (and masked) on the host, then moved to the model's device.
+  auto on_device = [&](const Tensor& t) { return device_ == Device::cpu ? t : to_device(t, device_); };
+  if (!bert_) return model_->loss(on_device(x), on_device(y));
   // Packed windows have no padding: every position is a token, so no attention mask is needed.
   mlm_mask(mlm_, x, mask_seed, batch_index, mlm_inputs_, mlm_labels_);
   int32_t* labels = mlm_labels_.data<int32_t>();
@@ -299,7 +309,7 @@ Tensor Pretrainer::batch_loss(const Tensor& x, const Tensor& y, uint64_t mask_se
         break;
       }
   }
-  return bert_->loss(mlm_inputs_, Tensor(), Tensor(), mlm_labels_);
+  return bert_->loss(on_device(mlm_inputs_), Tensor(), Tensor(), on_device(mlm_labels_));
 }
 
 double Pretrainer::validation_loss() {
@@ -512,6 +522,11 @@ PretrainResult Pretrainer::run(int64_t stop_after_step) {
     int32_t eos = train_sampler_->dataset().eos_id();
     if (eos >= 0) generation.bos_token_id = generation.eos_token_id = eos;
     result.model_dir = (out / "model").string();
+    // The model directory writers read the weights on the host; training is over.
+    if (device_ != Device::cpu) {
+      module().to(Device::cpu);
+      device_ = Device::cpu;
+    }
     if (bert_) save_bert_dir(result.model_dir, *bert_, c.tokenizer);
     else save_model_dir(result.model_dir, *model_, c.tokenizer, generation);
     if (options_.log) options_.log("model written to " + result.model_dir);

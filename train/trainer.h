@@ -63,6 +63,7 @@ struct PretrainConfig {
   int64_t log_every = 10;          // steps between loss.csv rows
   int64_t seed = 1337;             // initialisation, dropout and data sampling
   int64_t threads = 0;             // CPU threads; 0: all cores
+  std::string device = "cpu";      // where the model trains: "cpu" or "cuda" (a run may resume on the other)
 
   // Files.
   std::string data = {};       // directory written by `kotoba prepare`
@@ -146,6 +147,7 @@ class Pretrainer {
   Tensor batch_loss(const Tensor& x, const Tensor& y, uint64_t mask_seed, uint64_t batch_index);
   PretrainConfig config_;
   PretrainerOptions options_;
+  Device device_ = Device::cpu;
   int64_t tokenizer_vocab_ = 0;
   std::unique_ptr<nn::CausalLM> model_;
   std::unique_ptr<nn::BertForMaskedLM> bert_;
