@@ -73,6 +73,7 @@ std::span<const ConfigField<SftConfig>> sft_config_fields() {
       {"log_every", &C::log_every, "steps between loss.csv rows", false},
       {"seed", &C::seed, "seed of the example order, the split, LoRA init and dropout", true},
       {"threads", &C::threads, "CPU threads (0: all cores)", false},
+      {"device", &C::device, "where the model trains: cpu or cuda", false},
       {"out", &C::out, "output directory", false},
   };
   return fields;
@@ -105,6 +106,9 @@ void validate_sft_config(const SftConfig& c) {
   KOTOBA_CHECK(c.lora_r > 0 || (c.lora_targets.empty() && c.merge == 0 && c.quantize.empty()),
                "sft config: 'lora_targets', 'merge' and 'quantize' apply with LoRA (set 'lora_r')");
   if (!c.quantize.empty()) quant::parse_weight_format(c.quantize);  // names the formats when unknown
+  KOTOBA_CHECK(parse_device(c.device, "sft config: 'device'") == Device::cpu || c.quantize.empty(),
+               "sft config: a quantised base ('quantize' ", c.quantize, ") runs on the cpu only, got 'device' \"",
+               c.device, "\"");
   KOTOBA_CHECK(c.quantize.empty() || c.merge == 0,
                "sft config: 'merge' cannot merge into a quantised base; merge the adapter into the f32 base with "
                "kotoba lora merge BASE OUT/adapter MERGED");
@@ -150,10 +154,12 @@ int64_t count_targets(const Tensor& targets) {
   return std::count_if(p, p + targets.numel(), [](int32_t t) { return t != data::kIgnoreLabel; });
 }
 
-Tensor batch_loss(nn::CausalLM& model, const SftBatch& batch) {
+Tensor batch_loss(nn::CausalLM& model, const SftBatch& batch, Device device) {
+  auto on_device = [&](const Tensor& t) { return device == Device::cpu || !t.defined() ? t : to_device(t, device); };
   if (batch.positions.defined())
-    return model.packed_loss(nn::PackedBatch{batch.ids, batch.targets, batch.positions, batch.segments});
-  return model.loss(batch.ids, batch.targets);
+    return model.packed_loss(nn::PackedBatch{on_device(batch.ids), on_device(batch.targets),
+                                             on_device(batch.positions), on_device(batch.segments)});
+  return model.loss(on_device(batch.ids), on_device(batch.targets));
 }
 
 constexpr CheckpointKind kCheckpoint{"kotoba-sft-checkpoint", "SFT", 1};
@@ -205,6 +211,7 @@ struct SftTrainer::State {
   std::unique_ptr<AdamW> optimizer;
   std::vector<Tensor> trainable;
   int64_t truncated = 0;
+  Device device = Device::cpu;  // the model's; batches are built on the host and moved there
 
   // The current epoch's units: example indices (padded batches) or packed rows.
   int64_t epoch = -1;
@@ -393,6 +400,10 @@ SftTrainer::SftTrainer(SftConfig config, SftOptions options)
   for (auto& [name, p] : model.named_parameters())
     if (p.requires_grad()) trainable.emplace_back(name, p);
   for (auto& [name, p] : trainable) s.trainable.push_back(p);
+  // Before the optimizer: its moments are made beside the parameters. Module::to keeps the
+  // tensors' identity, so `trainable` follows the move.
+  s.device = parse_device(config_.device, "sft config: 'device'");
+  if (s.device != Device::cpu) model.to(s.device);
   s.optimizer = std::make_unique<AdamW>(trainable, AdamWConfig{.lr = float(s.lr), .beta1 = float(config_.beta1),
                                                                .beta2 = float(config_.beta2), .eps = float(config_.eps),
                                                                .weight_decay = float(config_.weight_decay)});
@@ -464,7 +475,7 @@ double SftTrainer::validation_loss() {
     for (size_t i = begin; i < std::min(s.val.size(), begin + size_t(config_.batch)); ++i) picked.push_back(&s.val[i]);
     SftBatch b = make_sft_batch(picked, s.pad_id);
     if (b.target_tokens == 0) continue;
-    weighted += double(model.loss(b.ids, b.targets).to_vector()[0]) * double(b.target_tokens);
+    weighted += double(batch_loss(model, b, s.device).to_vector()[0]) * double(b.target_tokens);
     tokens += b.target_tokens;
   }
   model.train();
@@ -568,7 +579,7 @@ SftResult SftTrainer::run(int64_t stop_after_step) {
     double loss_sum = 0;
     for (size_t m = 0; m < micro.size(); ++m) {
       if (micro[m].target_tokens == 0) continue;
-      Tensor loss = batch_loss(model, micro[m]);
+      Tensor loss = batch_loss(model, micro[m], s.device);
       const float value = loss.to_vector()[0];
       if (!std::isfinite(value))
         stopped(detail::concat("the training loss became ", value, " at step ", step));
@@ -637,6 +648,11 @@ SftResult SftTrainer::run(int64_t stop_after_step) {
   write_loss_files();
   if (result.finished) {
     model.eval();
+    // The adapter and model directory writers read the weights on the host; training is over.
+    if (s.device != Device::cpu) {
+      model.to(Device::cpu);
+      s.device = Device::cpu;
+    }
     const FinetunedOutputs written = save_finetuned_outputs(out.string(), model, s.lora, c.merge != 0, *s.tok,
                                                             s.loaded.generation, *s.chat_template, c.model, options_.log);
     result.adapter_dir = written.adapter_dir;

@@ -76,6 +76,7 @@ struct SftConfig {
   int64_t log_every = 10;          // steps between loss.csv rows
   int64_t seed = 42;               // example order, held-out split, LoRA initialisation, dropout
   int64_t threads = 0;             // CPU threads; 0: all cores
+  std::string device = "cpu";      // where the model trains: "cpu" or "cuda" (a run may resume on the other)
 
   std::string out = "sft-run";
 };
