@@ -110,7 +110,7 @@ TEST_F(Cli, DeviceFlagTakesCpuOrCuda) {
 
 TEST_F(Cli, DeviceCudaWithoutAGpuFailsSayingWhy) {
   const std::string why = cuda_missing_reason();
-  if (why.empty()) GTEST_SKIP() << "a CUDA device is present: --device cuda runs (tests/test_cuda_decode.cpp)";
+  if (why.empty()) GTEST_SKIP() << "a CUDA device is present (Cli.DeviceCudaRunsWhereAGpuIs runs it)";
   for (const std::string& command :
        {"generate " + path("run/model") + " --prompt 'the cat' --max-new-tokens 3 --greedy",
         "eval " + path("run/model") + " --data " + path("corpus.txt")}) {
@@ -119,6 +119,26 @@ TEST_F(Cli, DeviceCudaWithoutAGpuFailsSayingWhy) {
     // The command and flag, then the backend's own reason (e.g. cudaGetDeviceCount's error).
     expect_error(r, {command.substr(0, command.find(' ')) + ": --device cuda: ", why});
   }
+}
+
+TEST_F(Cli, DeviceCudaRunsWhereAGpuIs) {
+  const std::string why = cuda_missing_reason();
+  if (!why.empty()) GTEST_SKIP() << "no CUDA device: " << why;
+  const std::string eval = "eval " + path("run/model") + " --data " + path("corpus.txt") + " --json";
+  CliRun cpu = kotoba(eval), gpu = kotoba(eval + " --device cuda");
+  ASSERT_EQ(cpu.code, 0) << cpu.err;
+  ASSERT_EQ(gpu.code, 0) << gpu.err;
+  auto loss = [](const std::string& out) {
+    return nlohmann::json::parse(out.substr(out.rfind('{')))["loss"].get<double>();
+  };
+  EXPECT_NEAR(loss(gpu.out), loss(cpu.out), 1e-4 * loss(cpu.out)) << "f32 on both: rounding only";
+  // Greedy ids may part at a near tie, so only that it decodes is checked here (test_cuda_decode.cpp
+  // compares the logits step by step).
+  CliRun r = kotoba("generate " + path("run/model") + " --prompt 'the cat' --max-new-tokens 3 --greedy --json"
+                    " --device cuda");
+  ASSERT_EQ(r.code, 0) << r.err;
+  while (!r.out.empty() && r.out.back() == '\n') r.out.pop_back();
+  EXPECT_FALSE(nlohmann::json::parse(r.out.substr(r.out.rfind('\n') + 1))["ids"].empty());
 }
 
 TEST_F(Cli, UnknownFlagAndUnknownCommand) {
