@@ -1,10 +1,13 @@
 // Decode speed of kotoba's batched generation with the KV cache: a model directory, a prompt of
 // --prompt-tokens ids (the same fixed ids in every row), greedy decoding of --new-tokens tokens
 // with no EOS (every row runs to the limit), at each batch size of --batches. Prints one JSON line
-// per batch size; bench/decode.sh runs it beside llama.cpp (bench/decode_peer.py).
+// per batch size; bench/decode.sh runs it beside llama.cpp (bench/decode_peer.py). --device cuda
+// moves the model to the GPU after loading (decoding, the KV cache included, then runs there;
+// each step still reads its logits back to the host, as `kotoba generate` does; --threads sizes
+// the CPU's share). The JSON line names the device.
 //
 //   bench_decode MODEL_DIR [--prompt-tokens 512] [--new-tokens 128] [--batches 1,8] [--threads 2]
-//                [--repeat 2]
+//                [--repeat 2] [--device cpu|cuda]
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -26,6 +29,7 @@ int main(int argc, char** argv) try {
   std::string dir;
   int64_t prompt_tokens = 512, new_tokens = 128, threads = 2, repeat = 2;
   std::vector<int64_t> batches = {1, 8};
+  Device device = Device::cpu;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto value = [&]() -> std::string {
@@ -36,6 +40,11 @@ int main(int argc, char** argv) try {
     else if (a == "--new-tokens") new_tokens = std::stoll(value());
     else if (a == "--threads") threads = std::stoll(value());
     else if (a == "--repeat") repeat = std::stoll(value());
+    else if (a == "--device") {
+      const std::string d = value();
+      KOTOBA_CHECK(d == "cpu" || d == "cuda", "bench_decode: --device must be cpu or cuda, got '", d, "'");
+      device = d == "cuda" ? Device::cuda : Device::cpu;
+    }
     else if (a == "--batches") {
       batches.clear();
       std::string list = value();
@@ -52,6 +61,7 @@ int main(int argc, char** argv) try {
   set_num_threads(int(threads));
   LoadedModel loaded = load_model_dir(dir);
   nn::CausalLM& model = *loaded.model;
+  if (device != Device::cpu) model.to(device);
   const int64_t V = model.vocab_size();
   int64_t params = 0;
   for (const Tensor& t : model.parameters()) params += t.numel();
@@ -83,6 +93,7 @@ int main(int argc, char** argv) try {
     }
     // decode_seconds runs from the first generated token to the last: new_tokens - 1 steps.
     nlohmann::json out{{"side", "kotoba"},
+                       {"device", std::string(device_name(device))},
                        {"batch", b},
                        {"threads", threads},
                        {"prompt_tokens", prompt_tokens},

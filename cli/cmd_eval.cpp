@@ -13,6 +13,7 @@
 #include "core/parallel.h"
 #include "data/text_corpus.h"
 #include "io/model_dir.h"
+#include "ops/ops.h"
 #include "tokenizer/tokenizer.h"
 
 using namespace kotoba;
@@ -23,20 +24,24 @@ namespace {
 int cmd_eval(const cli::Args& args) {
   if (cli::wants_help(args)) {
     std::cout << "kotoba eval MODEL --data FILE [--split-lines] [--seq T] [--batch B] [--threads N] [--json]\n"
+                 "                  [--device cpu|cuda]\n"
                  "  Loss (nats/token) and perplexity of the model directory MODEL on FILE: plain text (one\n"
                  "  document, or one per non-blank line with --split-lines, as in `kotoba prepare`) or .jsonl (one\n"
                  "  {\"text\": ...} document per line). Documents are tokenised and\n"
                  "  joined with the EOS token as `kotoba prepare` does, then cut into non-overlapping windows of\n"
                  "  T tokens (default: the model's context, at most 2048); each token after a window's first is predicted once.\n"
-                 "  --json prints {\"loss\", \"perplexity\", \"tokens\"} as the last line of stdout.\n";
+                 "  --json prints {\"loss\", \"perplexity\", \"tokens\"} as the last line of stdout.\n"
+                 "  --device cuda runs the model on the GPU (default cpu; quantised weights run on the CPU only).\n";
     return 0;
   }
-  Flags f = Flags::parse(args, "eval", {"data", "seq", "batch", "threads"}, {"json", "split-lines"}, 1);
+  Flags f = Flags::parse(args, "eval", {"data", "seq", "batch", "threads", "device"}, {"json", "split-lines"}, 1);
   KOTOBA_CHECK(f.positional().size() == 1, "eval: expected the model directory (kotoba eval MODEL --data FILE)");
   KOTOBA_CHECK(f.has("data"), "eval: --data FILE is required");
   set_num_threads(int(f.integer("threads", 0)));
+  const Device device = cli::device_flag(f, "eval");
   LoadedModel loaded = load_model_dir(f.positional()[0]);
   nn::CausalLM& model = *loaded.model;
+  cli::move_model(model, device, "eval");
   const int64_t T = f.integer("seq", std::min<int64_t>(model.max_positions(), 2048)), B = f.integer("batch", 8);
   KOTOBA_CHECK(T >= 1 && T <= model.max_positions(), "eval: --seq must be in [1, the model's context = ",
                model.max_positions(), "], got ", T);
@@ -75,7 +80,11 @@ int cmd_eval(const cli::Args& args) {
       ++rows;
       ++w;
     }
-    double mean = model.loss(Tensor::from_vector_i32(x, {rows, len}), Tensor::from_vector_i32(y, {rows, len})).to_vector()[0];
+    auto on_device = [&](const std::vector<int32_t>& v) {
+      Tensor t = Tensor::from_vector_i32(v, {rows, len});
+      return device == Device::cpu ? t : to_device(t, device);
+    };
+    double mean = model.loss(on_device(x), on_device(y)).to_vector()[0];
     total_loss += mean * double(rows * len);
     total_tokens += rows * len;
   }

@@ -210,6 +210,7 @@ int cmd_generate(const cli::Args& args) {
            "                [--min-p M] [--repetition-penalty R] [--no-repeat-ngram-size N] [--num-beams B]\n"
            "                [--length-penalty A] [--early-stopping true|false|never] [--num-return-sequences S]\n"
            "                [--stop TEXT ...] [--seed S] [--greedy] [--threads N] [--json] [--no-kv-cache]\n"
+           "                [--device cpu|cuda]\n"
            "  Continues each prompt with the model directory MODEL. One prompt and one sequence are streamed\n"
            "  to stdout as the tokens come; several prompts (repeated --prompt, or --prompts-file: one per\n"
            "  line, or a .jsonl of strings / {\"prompt\": ...}) are decoded as one batch and printed at the end.\n"
@@ -226,6 +227,7 @@ int cmd_generate(const cli::Args& args) {
            "  \"ids\", \"finish_reason\", \"score\"}...]} as a line of stdout (text and ids: the new tokens of the\n"
            "  first sequence; tokens/s over the whole batch, prompts included).\n"
            "  --no-kv-cache recomputes the whole sequence for every token (for comparison; slow).\n"
+           "  --device cuda runs the model on the GPU (default cpu; quantised weights run on the CPU only).\n"
            "  --show-probs [K] prints at each step the K (default 5) most probable next tokens (text quoted\n"
            "  and escaped, id, probability after the processors in use: softmax of the scores the token was\n"
            "  picked from) and the chosen one (marked *); with --json each sequence gets \"steps\": [{\"chosen\",\n"
@@ -241,12 +243,14 @@ int cmd_generate(const cli::Args& args) {
                          {"prompt", "prompts-file", "max-new-tokens", "max-length", "temperature", "top-k", "top-p",
                           "min-p", "repetition-penalty", "no-repeat-ngram-size", "num-beams", "length-penalty",
                           "early-stopping", "num-return-sequences", "stop", "seed", "threads", "show-probs",
-                          "compare-temperatures", "top-tokens", "png"},
+                          "compare-temperatures", "top-tokens", "png", "device"},
                          {"greedy", "json", "no-kv-cache"}, 1);
   KOTOBA_CHECK(f.positional().size() == 1,
                "generate: expected the model directory (kotoba generate MODEL --prompt TEXT)");
   set_num_threads(int(f.integer("threads", 0)));
+  const Device device = cli::device_flag(f, "generate");
   LoadedModel loaded = load_model_dir(f.positional()[0]);
+  cli::move_model(*loaded.model, device, "generate");
   tokenizer::Tokenizer tok = tokenizer::Tokenizer::load_dir(loaded.dir);
   const GenerationConfig& defaults = loaded.generation;
 

@@ -7,7 +7,12 @@
 #include <string>
 #include <vector>
 
+#include "core/dtype.h"
 #include "core/error.h"
+
+namespace kotoba::nn {
+class Module;
+}
 
 namespace kotoba::cli {
 
@@ -53,5 +58,12 @@ class Flags {
 
 // True when args ask for help (--help or -h anywhere).
 bool wants_help(const Args& args);
+
+// --device cpu|cuda (default cpu): where the command runs its model; any other value is an error
+// naming the flag and the values allowed.
+Device device_flag(const Flags& f, const std::string& command);
+// Moves a loaded model to `device` (nothing for the CPU); an error says which --device failed and
+// why (no GPU, a CPU-only quantised weight, ...).
+void move_model(nn::Module& model, Device device, const std::string& command);
 
 }  // namespace kotoba::cli

@@ -7,6 +7,7 @@
 
 #include "cli/command.h"
 #include "core/parallel.h"
+#include "nn/module.h"
 
 namespace kotoba::cli {
 
@@ -55,6 +56,21 @@ Flags Flags::parse(const Args& args, const std::string& command, const std::vect
     }
   }
   return f;
+}
+
+Device device_flag(const Flags& f, const std::string& command) {
+  const std::string d = f.str("device", "cpu");
+  KOTOBA_CHECK(d == "cpu" || d == "cuda", command, ": flag '--device' expects cpu or cuda, got '", d, "'");
+  return d == "cuda" ? Device::cuda : Device::cpu;
+}
+
+void move_model(nn::Module& model, Device device, const std::string& command) {
+  if (device == Device::cpu) return;
+  try {
+    model.to(device);
+  } catch (const Error& e) {
+    throw Error(detail::concat(command, ": --device ", device_name(device), ": ", e.what()));
+  }
 }
 
 std::vector<std::string> Flags::all(const std::string& name) const {

@@ -10,6 +10,8 @@
 #include <numeric>
 #include <unordered_set>
 
+#include "ops/ops.h"
+
 namespace kotoba::infer {
 
 namespace {
@@ -189,6 +191,7 @@ LogitsProcessorList make_logits_processors(const GenerationOptions& o) {
 
 BatchDecoder::BatchDecoder(nn::CausalLM& model, bool use_kv_cache, int64_t capacity)
     : model_(model),
+      device_(model.device()),
       was_training_(model.training()),
       use_kv_cache_(use_kv_cache),
       capacity_(capacity > 0 ? std::min(capacity, model.max_positions()) : model.max_positions()) {
@@ -198,6 +201,11 @@ BatchDecoder::BatchDecoder(nn::CausalLM& model, bool use_kv_cache, int64_t capac
 BatchDecoder::~BatchDecoder() { model_.train(was_training_); }
 
 std::vector<float> BatchDecoder::scores_of(const Tensor& logits) { return logits.contiguous().to_vector(); }
+
+Tensor BatchDecoder::ids_tensor(const std::vector<int32_t>& ids, int64_t rows, int64_t T) const {
+  Tensor t = Tensor::from_vector_i32(ids, {rows, T});
+  return device_ == Device::cpu ? t : to_device(t, device_);
+}
 
 std::vector<float> BatchDecoder::prefill(const std::vector<std::vector<int32_t>>& prompts) {
   KOTOBA_CHECK(!prompts.empty(), "generate: no prompts to feed the model");
@@ -215,7 +223,7 @@ std::vector<float> BatchDecoder::prefill(const std::vector<std::vector<int32_t>>
     std::vector<float> scores;
     for (const auto& p : sequences_) {
       const int64_t n = int64_t(p.size());
-      auto row = scores_of(model_.logits(Tensor::from_vector_i32(p, {1, n})).slice_view(1, n - 1, n));
+      auto row = scores_of(model_.logits(ids_tensor(p, 1, n)).slice_view(1, n - 1, n));
       scores.insert(scores.end(), row.begin(), row.end());
     }
     return scores;
@@ -233,7 +241,7 @@ std::vector<float> BatchDecoder::prefill(const std::vector<std::vector<int32_t>>
     ids.insert(ids.end(), p.begin(), p.end());
   }
   if (!padded) cache_.pad.clear();
-  return scores_of(model_.logits_cached(Tensor::from_vector_i32(ids, {rows_, T}), cache_, /*last_only=*/true));
+  return scores_of(model_.logits_cached(ids_tensor(ids, rows_, T), cache_, /*last_only=*/true));
 }
 
 std::vector<float> BatchDecoder::step(std::span<const int32_t> tokens) {
@@ -246,14 +254,14 @@ std::vector<float> BatchDecoder::step(std::span<const int32_t> tokens) {
       seq.push_back(tokens[r]);
       const int64_t n = int64_t(seq.size());
       KOTOBA_CHECK(n <= capacity_, "generate: ", n, " tokens exceed the model's context of ", capacity_);
-      auto row = scores_of(model_.logits(Tensor::from_vector_i32(seq, {1, n})).slice_view(1, n - 1, n));
+      auto row = scores_of(model_.logits(ids_tensor(seq, 1, n)).slice_view(1, n - 1, n));
       scores.insert(scores.end(), row.begin(), row.end());
     }
     return scores;
   }
   KOTOBA_CHECK(cache_.length < cache_.max_len(), "generate: ", cache_.length + 1,
                " tokens exceed the decoder's capacity of ", cache_.max_len());
-  return scores_of(model_.logits_cached(Tensor::from_vector_i32({tokens.begin(), tokens.end()}, {rows_, 1}), cache_,
+  return scores_of(model_.logits_cached(ids_tensor({tokens.begin(), tokens.end()}, rows_, 1), cache_,
                                         /*last_only=*/true));
 }
 

@@ -3,11 +3,26 @@
 #include "nn/causal_lm.h"
 
 #include <algorithm>
-#include <cstring>
 
+#include "ops/backend.h"
 #include "ops/ops.h"
 
 namespace kotoba::nn {
+
+namespace {
+// The strided copy of `device`'s backend (the KV cache's rows live wherever the model does).
+auto backend_copy_2d(Device device) {
+  const Backend& b = backend_for(device);
+  KOTOBA_CHECK(b.copy_2d != nullptr, "KV cache: the ", b.name, " backend has no strided copy");
+  return b.copy_2d;
+}
+}  // namespace
+
+Device CausalLM::device() const {
+  const std::vector<Tensor> params = parameters();
+  KOTOBA_CHECK(!params.empty(), model_type(), ": the model has no parameters to place it on a device");
+  return params.front().device();
+}
 
 Tensor CausalLM::loss(const Tensor& ids, const Tensor& targets) {
   KOTOBA_CHECK(targets.shape() == ids.shape(), model_type(), ": targets shape ", shape_str(targets.shape()),
@@ -84,7 +99,6 @@ void KVCache::select_rows(const std::vector<int64_t>& rows) {
     for (int64_t& p : kept_pad) p -= shift;
   }
   auto gather = [&](Tensor& buffer) {
-    KOTOBA_CHECK(buffer.device() == Device::cpu, "KV cache: incremental decoding runs on the CPU for now");
     const int64_t H = buffer.size(1), L = buffer.size(2), D = buffer.size(3);
     KOTOBA_CHECK(buffer.strides()[2] == D && buffer.strides()[3] == 1, "KV cache: buffers must be contiguous");
     Tensor out = Tensor::empty({int64_t(rows.size()), H, L, D}, buffer.dtype(), buffer.device());
@@ -92,11 +106,11 @@ void KVCache::select_rows(const std::vector<int64_t>& rows) {
     const Shape &is = buffer.strides(), &os = out.strides();
     const char* from = static_cast<const char*>(buffer.raw());
     char* to = static_cast<char*>(out.raw());
-    // Slots are contiguous within a (row, head): one copy of the filled slots each.
+    const auto copy_2d = backend_copy_2d(buffer.device());
+    // Slots are contiguous within a (row, head): one run of the filled slots per head.
     for (size_t i = 0; i < rows.size(); ++i)
-      for (int64_t h = 0; h < H; ++h)
-        std::memcpy(to + elt * size_t(int64_t(i) * os[0] + h * os[1]),
-                    from + elt * size_t(rows[i] * is[0] + h * is[1] + shift * D), filled);
+      copy_2d(to + elt * size_t(int64_t(i) * os[0]), elt * size_t(os[1]),
+              from + elt * size_t(rows[i] * is[0] + shift * D), elt * size_t(is[1]), filled, size_t(H));
     buffer = out;
   };
   for (Tensor& t : k) gather(t);
@@ -116,21 +130,46 @@ KVCache CausalLM::allocate_kv_cache(int64_t n_layers, int64_t batch, int64_t kv_
   return cache;
 }
 
-void write_kv_rows(const Tensor& cache, const Tensor& src, int64_t start) {
-  KOTOBA_CHECK(cache.device() == Device::cpu && src.device() == Device::cpu,
-               "KV cache: incremental decoding runs on the CPU for now");
-  KOTOBA_CHECK(cache.dtype() == src.dtype(), "KV cache: the cache is ", dtype_name(cache.dtype()),
-               " but the model computes ", dtype_name(src.dtype()));
-  const int64_t B = src.size(0), H = src.size(1), T = src.size(2), D = src.size(3);
-  const size_t elt = dtype_bytes(src.dtype(), 1), row = elt * size_t(D);
-  const Shape &cs = cache.strides(), &ss = src.strides();
-  char* dst = static_cast<char*>(cache.raw());
+void write_kv_rows(const Tensor& cache, const Tensor& src_in, int64_t start) {
+  KOTOBA_CHECK(cache.device() == src_in.device(), "KV cache: the cache is on ", device_name(cache.device()),
+               " but the keys and values on ", device_name(src_in.device()));
+  KOTOBA_CHECK(cache.dtype() == src_in.dtype(), "KV cache: the cache is ", dtype_name(cache.dtype()),
+               " but the model computes ", dtype_name(src_in.dtype()));
+  KOTOBA_CHECK(src_in.ndim() == 4 && cache.ndim() == 4 && src_in.size(0) == cache.size(0) &&
+                   src_in.size(1) == cache.size(1) && src_in.size(3) == cache.size(3) && start >= 0 &&
+                   start + src_in.size(2) <= cache.size(2),
+               "KV cache: cannot write ", shape_str(src_in.shape()), " at position ", start, " of a ",
+               shape_str(cache.shape()), " cache");
+  const int64_t B = src_in.size(0), H = src_in.size(1), T = src_in.size(2), D = src_in.size(3);
+  KOTOBA_CHECK(cache.strides()[2] == D && cache.strides()[3] == 1, "KV cache: buffers must be contiguous");
+  if (src_in.numel() == 0) return;
+  const Shape& cs = cache.strides();
+  // Each (b, h) of src is one run of T * D elements once src is contiguous (a (B, 1, H, D) decode
+  // step seen as (B, H, 1, D) often already is), and so is its destination in the cache: a
+  // single strided copy writes all B * H runs when both sides step through (b, h) evenly.
+  const int64_t run = T * D;
+  auto even_pitch = [&](const Shape& s) -> int64_t {  // the pitch of (b, h) flattened, or 0
+    const int64_t pitch = H > 1 ? s[1] : B > 1 ? s[0] : run;
+    const bool even = (H == 1 || B == 1 || s[0] == H * s[1]) && pitch >= run;
+    return even ? pitch : 0;
+  };
+  const bool runs = (T == 1 || src_in.strides()[2] == D) && (D == 1 || src_in.strides()[3] == 1);
+  const Tensor src = runs && even_pitch(src_in.strides()) ? src_in : src_in.contiguous();
+  const Shape& ss = src.strides();
+  const size_t elt = dtype_bytes(src.dtype(), 1);
+  char* dst = static_cast<char*>(cache.raw()) + elt * size_t(start * D);
   const char* from = static_cast<const char*>(src.raw());
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t h = 0; h < H; ++h)
-      for (int64_t t = 0; t < T; ++t)
-        std::memcpy(dst + elt * size_t(b * cs[0] + h * cs[1] + (start + t) * cs[2]),
-                    from + elt * size_t(b * ss[0] + h * ss[1] + t * ss[2]), row);
+  const auto copy_2d = backend_copy_2d(cache.device());
+  const int64_t src_pitch = even_pitch(ss), dst_pitch = even_pitch(cs);
+  if (dst_pitch) {
+    copy_2d(dst, elt * size_t(dst_pitch), from, elt * size_t(src_pitch), elt * size_t(run), size_t(B * H));
+  } else {
+    // The cache's batch rows do not step evenly (a view of a larger cache): one copy per row.
+    auto head_pitch = [&](const Shape& s) { return elt * size_t(H > 1 ? s[1] : run); };
+    for (int64_t b = 0; b < B; ++b)
+      copy_2d(dst + elt * size_t(b * cs[0]), head_pitch(cs), from + elt * size_t(b * ss[0]), head_pitch(ss),
+              elt * size_t(run), size_t(H));
+  }
 }
 
 Tensor position_ids(int64_t start, int64_t T, Device device) {

@@ -27,7 +27,7 @@ struct KVCache {
   }
   // Keeps the rows `rows` in that order (repeats allowed; the batch becomes rows.size()): beam
   // search copies the surviving beams' rows, batched decoding drops finished sequences. Leading
-  // padding all kept rows share is dropped (length shrinks by it). CPU.
+  // padding all kept rows share is dropped (length shrinks by it). On the buffers' device.
   void select_rows(const std::vector<int64_t>& rows);
 };
 
@@ -77,6 +77,8 @@ class CausalLM : public Module {
   virtual Tensor logits_cached(const Tensor& ids, KVCache& cache, bool last_only = false) = 0;
 
   Generator& dropout_generator() { return dropout_gen_; }
+  // Where the model runs: its first parameter's device (Module::to moves them all together).
+  Device device() const;
 
  protected:
   explicit CausalLM(uint64_t dropout_seed) : dropout_gen_(dropout_seed) {}
@@ -91,8 +93,8 @@ class CausalLM : public Module {
   Generator dropout_gen_;
 };
 
-// Writes src (B, H, T, D), D contiguous, into cache (B, H, max_len, D) at positions
-// [start, start + T) (CPU).
+// Writes src (B, H, T, D) into cache (B, H, max_len, D) (slots contiguous) at positions
+// [start, start + T), on their device (one strided copy when src's (b, h) runs are even).
 void write_kv_rows(const Tensor& cache, const Tensor& src, int64_t start);
 
 // (T) i32 positions start, start + 1, ..., start + T - 1 on `device`.

@@ -72,6 +72,12 @@ void Linear::set_quantized(std::shared_ptr<const quant::PackedWeight> packed) {
   quantized_ = std::move(packed);
 }
 
+std::string Linear::device_limitation(Device device) const {
+  if (!quantized_ || device == Device::cpu) return {};
+  return detail::concat("holds a ", quant::weight_format_name(quantized_->format),
+                        "-quantised weight, and quantised weights run on the CPU only");
+}
+
 void Linear::merge_lora() {
   KOTOBA_CHECK(lora_, "Linear.merge_lora: the layer has no LoRA adapter");
   KOTOBA_CHECK(!quantized_, "Linear.merge_lora: the base weight is quantised (QLoRA); merge into an f32 copy of the "

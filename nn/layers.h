@@ -39,6 +39,8 @@ class Linear : public Module {
   void quantize(quant::WeightFormat format);
   void set_quantized(std::shared_ptr<const quant::PackedWeight> weight);
   const quant::PackedWeight* quantized() const { return quantized_.get(); }
+  // A quantised weight runs on the CPU only (quantized_linear).
+  std::string device_limitation(Device device) const override;
 
   // Attaches a rank-r adapter: A (r, in) and B (out, r) as given (trainable), on the weight's
   // device. Replaces an unmerged adapter; an error if a merged one is attached.

@@ -37,7 +37,16 @@ void Module::zero_grad() {
   for (auto& [name, t] : named_parameters()) t.zero_grad();
 }
 
+std::string Module::device_limitation(Device) const { return {}; }
+
 void Module::to(Device device) {
+  std::vector<std::pair<std::string, Module*>> modules = named_modules();
+  modules.emplace(modules.begin(), "", this);
+  for (const auto& [name, m] : modules) {
+    const std::string why = m->device_limitation(device);
+    KOTOBA_CHECK(why.empty(), "cannot move the model to ", device_name(device), ": ",
+                 name.empty() ? std::string("the module") : name, " ", why);
+  }
   for (auto& [name, t] : named_parameters()) {
     if (t.device() == device) continue;
     Tensor moved = to_device(t, device);

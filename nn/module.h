@@ -30,8 +30,11 @@ class Module {
 
   void zero_grad();
   // Moves every parameter to `device` in place: the tensors keep their identity (handles held
-  // elsewhere see the move), their gradients are dropped.
+  // elsewhere see the move), their gradients are dropped. Throws, moving nothing, if a module
+  // below cannot run there (device_limitation).
   void to(Device device);
+  // Why this module itself (not its children) cannot run on `device`; empty if it can.
+  virtual std::string device_limitation(Device device) const;
   // Freezes (or unfreezes) every parameter below this module.
   void set_requires_grad(bool value);
 

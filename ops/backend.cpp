@@ -32,6 +32,12 @@ bool cpu_has_avx512() {
          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
 }
 
+void cpu_copy_2d(void* dst, size_t dst_pitch, const void* src, size_t src_pitch, size_t width_bytes, size_t rows) {
+  char* to = static_cast<char*>(dst);
+  const char* from = static_cast<const char*>(src);
+  for (size_t r = 0; r < rows; ++r) std::memcpy(to + r * dst_pitch, from + r * src_pitch, width_bytes);
+}
+
 const Backend* make_cpu_backend() {
   static Backend b;
   b.name = "cpu";
@@ -51,6 +57,7 @@ const Backend* make_cpu_backend() {
     cpu::avx2::fill_backend(b);
     g_cpu_isa = "avx2";
   }
+  b.copy_2d = cpu_copy_2d;
   return &b;
 }
 }  // namespace

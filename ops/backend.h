@@ -29,6 +29,11 @@ struct Backend {
   void (*copy_from_host)(void* dst, const void* src, size_t bytes) = nullptr;
   // Device-to-device copy, ordered after the queued kernels; and a wait for all queued work.
   void (*copy_on_device)(void* dst, const void* src, size_t bytes) = nullptr;
+  // Strided copy on this device, ordered like copy_on_device: `rows` rows of width_bytes each,
+  // row r from src + r * src_pitch to dst + r * dst_pitch (pitches >= width_bytes, in bytes).
+  // Every backend has it (the KV cache appends and gathers rows with it).
+  void (*copy_2d)(void* dst, size_t dst_pitch, const void* src, size_t src_pitch, size_t width_bytes,
+                  size_t rows) = nullptr;
   void (*synchronize)() = nullptr;
 
   bool supports(Kernel k) const;

@@ -11,6 +11,8 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
+
+#include "ops/backend.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;
@@ -24,6 +26,16 @@ struct CliRun {
 };
 
 using kotoba::testing::slurp;
+
+// Why this machine has no CUDA backend, as the backend says it; "" when it has one.
+std::string cuda_missing_reason() {
+  try {
+    kotoba::backend_for(kotoba::Device::cuda);
+    return "";
+  } catch (const kotoba::Error& e) {
+    return e.what();
+  }
+}
 
 class Cli : public ::testing::Test {
  protected:
@@ -78,6 +90,55 @@ TEST_F(Cli, JsonFlagMakesTheLastLineOneObject) {
   ASSERT_EQ(r.code, 0) << r.err;
   j = nlohmann::json::parse(r.out.substr(r.out.rfind('{')));
   EXPECT_NEAR(std::exp(j["loss"].get<double>()), j["perplexity"].get<double>(), 1e-3 * j["perplexity"].get<double>());
+}
+
+TEST_F(Cli, DeviceFlagTakesCpuOrCuda) {
+  const std::string generate = "generate " + path("run/model") + " --prompt 'the cat' --max-new-tokens 3 --greedy --json";
+  CliRun on_cpu = kotoba(generate + " --device cpu"), plain = kotoba(generate);
+  ASSERT_EQ(on_cpu.code, 0) << on_cpu.err;
+  ASSERT_EQ(plain.code, 0) << plain.err;
+  auto ids = [](std::string out) {  // of the JSON line, stdout's last
+    while (!out.empty() && out.back() == '\n') out.pop_back();
+    return nlohmann::json::parse(out.substr(out.rfind('\n') + 1))["ids"];
+  };
+  EXPECT_EQ(ids(on_cpu.out), ids(plain.out)) << "the CPU is the default";
+  const std::string eval = "eval " + path("run/model") + " --data " + path("corpus.txt");
+  EXPECT_EQ(kotoba(eval + " --device cpu").code, 0);
+  expect_error(kotoba(generate + " --device tpu"), {"generate", "--device", "cpu or cuda", "'tpu'"});
+  expect_error(kotoba(eval + " --device gpu"), {"eval", "--device", "cpu or cuda", "'gpu'"});
+}
+
+TEST_F(Cli, DeviceCudaWithoutAGpuFailsSayingWhy) {
+  const std::string why = cuda_missing_reason();
+  if (why.empty()) GTEST_SKIP() << "a CUDA device is present (Cli.DeviceCudaRunsWhereAGpuIs runs it)";
+  for (const std::string& command :
+       {"generate " + path("run/model") + " --prompt 'the cat' --max-new-tokens 3 --greedy",
+        "eval " + path("run/model") + " --data " + path("corpus.txt")}) {
+    CliRun r = kotoba(command + " --device cuda");
+    EXPECT_EQ(r.code, 1) << "an error, not a crash: " << r.err;
+    // The command and flag, then the backend's own reason (e.g. cudaGetDeviceCount's error).
+    expect_error(r, {command.substr(0, command.find(' ')) + ": --device cuda: ", why});
+  }
+}
+
+TEST_F(Cli, DeviceCudaRunsWhereAGpuIs) {
+  const std::string why = cuda_missing_reason();
+  if (!why.empty()) GTEST_SKIP() << "no CUDA device: " << why;
+  const std::string eval = "eval " + path("run/model") + " --data " + path("corpus.txt") + " --json";
+  CliRun cpu = kotoba(eval), gpu = kotoba(eval + " --device cuda");
+  ASSERT_EQ(cpu.code, 0) << cpu.err;
+  ASSERT_EQ(gpu.code, 0) << gpu.err;
+  auto loss = [](const std::string& out) {
+    return nlohmann::json::parse(out.substr(out.rfind('{')))["loss"].get<double>();
+  };
+  EXPECT_NEAR(loss(gpu.out), loss(cpu.out), 1e-4 * loss(cpu.out)) << "f32 on both: rounding only";
+  // Greedy ids may part at a near tie, so only that it decodes is checked here (test_cuda_decode.cpp
+  // compares the logits step by step).
+  CliRun r = kotoba("generate " + path("run/model") + " --prompt 'the cat' --max-new-tokens 3 --greedy --json"
+                    " --device cuda");
+  ASSERT_EQ(r.code, 0) << r.err;
+  while (!r.out.empty() && r.out.back() == '\n') r.out.pop_back();
+  EXPECT_FALSE(nlohmann::json::parse(r.out.substr(r.out.rfind('\n') + 1))["ids"].empty());
 }
 
 TEST_F(Cli, UnknownFlagAndUnknownCommand) {

@@ -49,6 +49,11 @@ void copy_on_device(void* dst, const void* src, size_t bytes) {
   if (bytes == 0) return;
   KOTOBA_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, g_stream));
 }
+void copy_2d(void* dst, size_t dst_pitch, const void* src, size_t src_pitch, size_t width_bytes, size_t rows) {
+  if (width_bytes == 0 || rows == 0) return;
+  KOTOBA_CUDA_CHECK(
+      cudaMemcpy2DAsync(dst, dst_pitch, src, src_pitch, width_bytes, rows, cudaMemcpyDeviceToDevice, g_stream));
+}
 void synchronize() { KOTOBA_CUDA_CHECK(cudaStreamSynchronize(g_stream)); }
 
 }  // namespace
@@ -91,6 +96,7 @@ std::string init_backend() {
   b.copy_to_host = copy_to_host;
   b.copy_from_host = copy_from_host;
   b.copy_on_device = copy_on_device;
+  b.copy_2d = copy_2d;
   b.synchronize = synchronize;
   register_backend(Device::cuda, &b);
   return "";
