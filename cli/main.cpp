@@ -59,9 +59,7 @@ Flags Flags::parse(const Args& args, const std::string& command, const std::vect
 }
 
 Device device_flag(const Flags& f, const std::string& command) {
-  const std::string d = f.str("device", "cpu");
-  KOTOBA_CHECK(d == "cpu" || d == "cuda", command, ": flag '--device' expects cpu or cuda, got '", d, "'");
-  return d == "cuda" ? Device::cuda : Device::cpu;
+  return parse_device(f.str("device", "cpu"), command + ": flag '--device'");
 }
 
 void move_model(nn::Module& model, Device device, const std::string& command) {

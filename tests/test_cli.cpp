@@ -104,8 +104,8 @@ TEST_F(Cli, DeviceFlagTakesCpuOrCuda) {
   EXPECT_EQ(ids(on_cpu.out), ids(plain.out)) << "the CPU is the default";
   const std::string eval = "eval " + path("run/model") + " --data " + path("corpus.txt");
   EXPECT_EQ(kotoba(eval + " --device cpu").code, 0);
-  expect_error(kotoba(generate + " --device tpu"), {"generate", "--device", "cpu or cuda", "'tpu'"});
-  expect_error(kotoba(eval + " --device gpu"), {"eval", "--device", "cpu or cuda", "'gpu'"});
+  expect_error(kotoba(generate + " --device tpu"), {"generate", "'--device'", "\"cpu\" or \"cuda\"", "\"tpu\""});
+  expect_error(kotoba(eval + " --device gpu"), {"eval", "'--device'", "\"cpu\" or \"cuda\"", "\"gpu\""});
 }
 
 TEST_F(Cli, DeviceCudaWithoutAGpuFailsSayingWhy) {
