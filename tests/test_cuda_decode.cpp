@@ -15,6 +15,7 @@
 #include "nn/llama.h"
 #include "ops/backend.h"
 #include "ops/ops.h"
+#include "small_models.h"
 #include "test_util.h"
 
 using namespace kotoba;
@@ -60,29 +61,8 @@ float at(const Tensor& x, int64_t b, int64_t h, int64_t t, int64_t d) {
 }
 
 // Two models with the same weights (the same seed); the second goes to the GPU.
-std::unique_ptr<nn::CausalLM> small_gpt2(uint64_t seed) {
-  return std::make_unique<nn::GPT2>(nn::GPT2Config{.vocab_size = 89,
-                                                   .n_positions = 48,
-                                                   .n_embd = 32,
-                                                   .n_layer = 2,
-                                                   .n_head = 4,
-                                                   .initializer_range = 0.2f,
-                                                   .seed = seed});
-}
-
-std::unique_ptr<nn::CausalLM> small_llama(uint64_t seed) {
-  nn::LlamaConfig c;
-  c.vocab_size = 89;
-  c.hidden_size = 32;
-  c.intermediate_size = 48;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;  // GQA: two query heads per key/value head
-  c.max_position_embeddings = 48;
-  c.initializer_range = 0.2f;
-  c.seed = seed;
-  return std::make_unique<nn::Llama>(c);
-}
+std::unique_ptr<nn::CausalLM> small_gpt2(uint64_t seed) { return kotoba::testing::small_gpt2(seed); }
+std::unique_ptr<nn::CausalLM> small_llama(uint64_t seed) { return kotoba::testing::small_llama(seed); }
 
 std::vector<int32_t> random_ids(size_t n, Generator& gen) {
   std::vector<int32_t> ids(n);

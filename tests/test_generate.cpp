@@ -14,6 +14,7 @@
 #include "io/safetensors.h"
 #include "nn/gpt2.h"
 #include "nn/llama.h"
+#include "small_models.h"
 #include "test_util.h"
 
 using namespace kotoba;
@@ -33,18 +34,8 @@ std::vector<int32_t> random_ids(int64_t n, int64_t vocab, uint64_t seed) {
   return ids;
 }
 
-// A small GPT-2 with larger-than-default weights, so that logits spread over several units.
-std::unique_ptr<nn::GPT2> small_model(uint64_t seed, float dropout = 0.0f) {
-  nn::GPT2Config config{.vocab_size = 89,
-                        .n_positions = 48,
-                        .n_embd = 32,
-                        .n_layer = 2,
-                        .n_head = 4,
-                        .dropout = dropout,
-                        .initializer_range = 0.2f,
-                        .seed = seed};
-  return std::make_unique<nn::GPT2>(config);
-}
+using kotoba::testing::small_gpt2;
+using kotoba::testing::small_llama;
 
 // Softmax in float64 (-inf -> 0).
 std::vector<double> probabilities(const std::vector<float>& scores) {
@@ -114,7 +105,7 @@ TEST(GPT2, GreedyDecodingWithKVCacheMatchesPyTorch) {
 }
 
 TEST(Generate, KVCacheLogitsEqualFullRecompute) {
-  auto model = small_model(21);
+  auto model = small_gpt2(21);
   const int64_t B = 2, T = 32, P = 9;  // 9 + 11 single steps + 4 chunks of 3
   std::vector<int32_t> ids = random_ids(B * T, 89, 5);
   Tensor full;
@@ -160,7 +151,7 @@ TEST(Generate, KVCacheLogitsEqualFullRecompute) {
 }
 
 TEST(Generate, CachedAndRecomputedDecodingChooseTheSameTokens) {
-  auto model = small_model(4, /*dropout=*/0.1f);  // the decoder must switch dropout off
+  auto model = small_gpt2(4, /*dropout=*/0.1f);  // the decoder must switch dropout off
   std::vector<int32_t> prompt = random_ids(5, 89, 8);
   GenerationOptions o{.max_new_tokens = 30, .do_sample = true, .top_k = 20, .top_p = 0.9f, .seed = 77};
   auto cached = infer::generate(*model, prompt, o);
@@ -172,7 +163,7 @@ TEST(Generate, CachedAndRecomputedDecodingChooseTheSameTokens) {
 }
 
 TEST(Generate, TopKOneEqualsGreedy) {
-  auto model = small_model(12);
+  auto model = small_gpt2(12);
   std::vector<int32_t> prompt = random_ids(4, 89, 3);
   auto greedy = infer::generate(*model, prompt, {.max_new_tokens = 25});
   for (uint64_t seed : {1, 2, 3}) {
@@ -182,7 +173,7 @@ TEST(Generate, TopKOneEqualsGreedy) {
 }
 
 TEST(Generate, TemperatureTowardsZeroApproachesGreedy) {
-  auto model = small_model(13);
+  auto model = small_gpt2(13);
   std::vector<int32_t> prompt = random_ids(6, 89, 4);
   auto greedy = infer::generate(*model, prompt, {.max_new_tokens = 25});
   GenerationOptions o{.max_new_tokens = 25, .do_sample = true, .temperature = 1e-3f, .seed = 9};
@@ -206,7 +197,7 @@ TEST(Generate, TemperatureTowardsZeroApproachesGreedy) {
 }
 
 TEST(Generate, SamplingIsDeterministicForASeed) {
-  auto model = small_model(14);
+  auto model = small_gpt2(14);
   std::vector<int32_t> prompt = random_ids(3, 89, 6);
   GenerationOptions o{.max_new_tokens = 40, .do_sample = true, .temperature = 1.2f, .seed = 1234};
   auto a = infer::generate(*model, prompt, o), b = infer::generate(*model, prompt, o);
@@ -327,7 +318,7 @@ TEST(Generate, RepetitionPenaltyFollowsHF) {
 }
 
 TEST(Generate, StopsOnEosMaxNewTokensContextAndCallback) {
-  auto model = small_model(15);
+  auto model = small_gpt2(15);
   std::vector<int32_t> prompt = random_ids(10, 89, 7);
   auto greedy = infer::generate(*model, prompt, {.max_new_tokens = 12});
   ASSERT_EQ(greedy.ids.size(), 12u);
@@ -366,24 +357,10 @@ namespace {
 // replays one).
 uint64_t fresh(uint64_t salt) { return kotoba::testing::test_seed() * 0x9e3779b97f4a7c15ull + salt; }
 
-// A small LLaMA (GQA) with spread weights, beside small_model's GPT-2.
-std::unique_ptr<nn::Llama> small_llama(uint64_t seed) {
-  nn::LlamaConfig c;
-  c.vocab_size = 89;
-  c.hidden_size = 32;
-  c.intermediate_size = 48;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.max_position_embeddings = 48;
-  c.initializer_range = 0.2f;
-  c.seed = seed;
-  return std::make_unique<nn::Llama>(c);
-}
 
 std::vector<std::unique_ptr<nn::CausalLM>> both_families(uint64_t seed) {
   std::vector<std::unique_ptr<nn::CausalLM>> models;
-  models.push_back(small_model(seed));
+  models.push_back(small_gpt2(seed));
   models.push_back(small_llama(seed + 1));
   return models;
 }
@@ -548,7 +525,7 @@ TEST(Generate, BatchedGenerationEqualsOneByOne) {
 }
 
 TEST(Generate, ContextLimitsHoldPerSequenceInABatch) {
-  auto model = small_model(fresh(23));  // n_positions 48
+  auto model = small_gpt2(fresh(23));  // n_positions 48
   std::vector<std::vector<int32_t>> prompts = {random_ids(44, 89, fresh(1)), random_ids(5, 89, fresh(2))};
   GenerationOptions o{.max_new_tokens = 20};
   auto batch = infer::generate_batch(*model, prompts, o);
@@ -565,7 +542,7 @@ TEST(Generate, ContextLimitsHoldPerSequenceInABatch) {
 }
 
 TEST(Generate, StopStringsEndASequenceAndCutItsText) {
-  auto model = small_model(fresh(19));
+  auto model = small_gpt2(fresh(19));
   // A detokenizer of its own: token i is the letter 'a' + i % 26, so texts are easy to reason about.
   infer::Detokenizer letters = [](std::span<const int32_t> ids) {
     std::string text;
@@ -624,7 +601,7 @@ TEST(Generate, TextStreamNeverSplitsACharacterNorShowsAStopString) {
 }
 
 TEST(Generate, OptionErrorsNameTheOption) {
-  auto model = small_model(3);
+  auto model = small_gpt2(3);
   std::vector<int32_t> prompt = random_ids(4, 89, 1);
   auto message = [&](const GenerationOptions& o, const infer::TokenCallback& cb = {}) {
     try {

@@ -395,9 +395,9 @@ TEST(SftTask, LoraFollowsHeldOutInstructions) {
 
 // A small LoRA run with packing, stopped and resumed, ends with the same adapter as one run
 // straight through.
-TEST(SftTrainer, ResumedRunEqualsUninterruptedRun) {
+// 12 steps of 4 x 2 packed rows on a letter task under `root` (a base model trained there first).
+train::SftConfig short_run(const fs::path& root) {
   const uint64_t seed = kt::test_seed();
-  const fs::path root = scratch("resume");
   LetterTask task = make_letter_task(seed, 200, 1);
   const fs::path base = make_base_model(root, task, seed);
   write_alpaca_jsonl(root / "train.jsonl", task.train);
@@ -410,6 +410,12 @@ TEST(SftTrainer, ResumedRunEqualsUninterruptedRun) {
   c.grad_accum = 2;
   c.steps = 12;
   c.pack = 1;
+  return c;
+}
+
+TEST(SftTrainer, ResumedRunEqualsUninterruptedRun) {
+  const fs::path root = scratch("resume");
+  train::SftConfig c = short_run(root);
   c.lora_r = 4;
   c.lora_dropout = 0.1;
   c.checkpoint_every = 5;
@@ -497,22 +503,11 @@ TEST(SftTrainer, CudaRunMatchesTheCpuRun) {
   } catch (const Error& e) {
     GTEST_SKIP() << "no CUDA device: " << e.what();
   }
-  const uint64_t seed = kt::test_seed();
   const fs::path root = scratch("cuda");
-  LetterTask task = make_letter_task(seed, 200, 1);
-  const fs::path base = make_base_model(root, task, seed);
-  write_alpaca_jsonl(root / "train.jsonl", task.train);
+  const train::SftConfig short_config = short_run(root);
   for (const int64_t lora_r : {4, 0}) {
     SCOPED_TRACE(lora_r ? "LoRA" : "full");
-    train::SftConfig c;
-    c.model = base.string();
-    c.data = (root / "train.jsonl").string();
-    c.chat_template = "alpaca";
-    c.max_length = 160;
-    c.batch = 4;
-    c.grad_accum = 2;
-    c.steps = 12;
-    c.pack = 1;
+    train::SftConfig c = short_config;
     c.lora_r = lora_r;
     c.checkpoint_every = 5;
     c.out = (root / ("cpu" + std::to_string(lora_r))).string();
@@ -524,7 +519,7 @@ TEST(SftTrainer, CudaRunMatchesTheCpuRun) {
     EXPECT_NEAR(gpu.train_loss, cpu.train_loss, 0.01 * cpu.train_loss);
     EXPECT_NEAR(gpu.val_loss, cpu.val_loss, 0.01 * cpu.val_loss);
     if (lora_r > 0) {
-      LoadedModel reloaded = load_model_dir(base.string());
+      LoadedModel reloaded = load_model_dir(c.model);
       load_peft_adapter(*reloaded.model, gpu.adapter_dir);
     } else {
       load_model_dir(gpu.model_dir);
