@@ -298,7 +298,9 @@ TEST(SftTask, LoraFollowsHeldOutInstructions) {
   write_alpaca_jsonl(root / "train.jsonl", task.train);
 
   // Stage 1: 20,000 examples of the base's instructions over letter strings the task never uses
-  // (fewer, seen for many epochs, left the base at 82-95% on unseen strings for some seeds).
+  // (fewer, seen for many epochs, left the base at 82-95% on unseen strings for some seeds), for
+  // 4,000 steps: after 2,500 the base of seed 10456390601538743768 knew only 78% asked its own way
+  // and LoRA reached 72%; after 4,000 both were at 100% (and on seeds 11, 12).
   std::set<std::string> task_inputs;
   for (const auto& e : task.train) task_inputs.insert(e.messages[0].input);
   for (const auto& e : task.test) task_inputs.insert(e.messages[0].input);
@@ -319,7 +321,7 @@ TEST(SftTask, LoraFollowsHeldOutInstructions) {
   c1.max_length = 64;
   c1.pack = 1;
   c1.batch = 16;
-  c1.steps = 2500;
+  c1.steps = 4000;
   c1.lr = 3e-3;
   c1.warmup = 50;
   c1.min_lr = 1e-4;
