@@ -33,6 +33,7 @@
 #include "nn/lora.h"
 #include "ops/ops.h"
 #include "tokenizer/tokenizer.h"
+#include "ops/backend.h"
 #include "train/dpo.h"
 #include "train/logprobs.h"
 #include "train/sft.h"
@@ -411,6 +412,52 @@ TEST(DpoErrors, BadInputsAreNamed) {
   c.loss_type = "sigmoid";
   c.beta = 0;
   EXPECT_THROW(train::DpoTrainer(c, {.progress = false}), Error);
+  c.beta = 0.1;
+  c.device = "gpu";
+  try {
+    train::validate_dpo_config(c);
+    FAIL() << "an unknown device was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("'device': expected \"cpu\" or \"cuda\", got \"gpu\""), std::string::npos)
+        << e.what();
+  }
+}
+
+// On a GPU, DPO (full, with the reference precomputed and live; LoRA) reaches the CPU's loss and
+// margin (f32 on both; other summation orders, hence 1 %). Skips without a GPU.
+TEST(DpoTrainer, CudaRunMatchesTheCpuRun) {
+  try {
+    backend_for(Device::cuda);
+  } catch (const Error& e) {
+    GTEST_SKIP() << "no CUDA device: " << e.what();
+  }
+  const uint64_t seed = kt::test_seed();
+  const fs::path root = scratch("cuda");
+  kt::RuleTask task = kt::make_rule_task(seed, 60, 1);
+  const fs::path base = kt::make_rule_base_model(root, task, seed);
+  std::vector<data::PreferencePair> pairs = kt::rule_pairs(task, seed);
+  for (const auto& [lora_r, precompute_ref] : {std::pair{0, 1}, std::pair{0, 0}, std::pair{4, 1}}) {
+    SCOPED_TRACE(detail::concat("lora_r ", lora_r, ", precompute_ref ", precompute_ref));
+    train::DpoConfig c;
+    c.model = base.string();
+    c.chat_template = "plain";
+    c.max_length = 48;
+    c.batch = 4;
+    c.steps = 8;
+    c.lr = 1e-3;
+    c.lora_r = lora_r;
+    c.precompute_ref = precompute_ref;
+    c.checkpoint_every = 0;
+    c.val_fraction = 0.1;
+    c.out = (root / detail::concat("cpu", lora_r, precompute_ref)).string();
+    const train::DpoResult cpu = train::DpoTrainer(c, pairs, {}, {.progress = false}).run();
+    c.device = "cuda";
+    c.out = (root / detail::concat("gpu", lora_r, precompute_ref)).string();
+    const train::DpoResult gpu = train::DpoTrainer(c, pairs, {}, {.progress = false}).run();
+    ASSERT_TRUE(cpu.finished && gpu.finished);
+    EXPECT_NEAR(gpu.train.loss, cpu.train.loss, 0.01 * std::fabs(cpu.train.loss) + 1e-4);
+    EXPECT_NEAR(gpu.val.margin, cpu.val.margin, 0.01 * std::fabs(cpu.val.margin) + 1e-3);
+  }
 }
 
 #ifdef KOTOBA_CLI_PATH

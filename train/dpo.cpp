@@ -180,12 +180,14 @@ std::span<const ConfigField<DpoConfig>> dpo_config_fields() {
       {"log_every", &C::log_every, "steps between loss.csv rows", false},
       {"seed", &C::seed, "seed of the pair order, the split and LoRA init", true},
       {"threads", &C::threads, "CPU threads (0: all cores)", false},
+      {"device", &C::device, "where the model trains: cpu or cuda", false},
       {"out", &C::out, "output directory", false},
   };
   return fields;
 }
 
 void validate_dpo_config(const DpoConfig& c) {
+  parse_device(c.device, "dpo config: 'device'");
   auto positive = [](int64_t v, const char* name) {
     KOTOBA_CHECK(v > 0, "dpo config: '", name, "' must be positive, got ", v);
   };
@@ -441,6 +443,11 @@ void DpoTrainer::setup(std::vector<data::PreferencePair> train_pairs, std::vecto
     }
   }
   model.eval();
+  // Before the reference pass and the optimizer (whose moments are made beside the parameters).
+  if (const Device device = parse_device(config_.device, "dpo config: 'device'"); device != Device::cpu) {
+    model.to(device);
+    if (s.reference.model) s.reference.model->to(device);
+  }
 
   // Reference log-probabilities of every pair, from the starting model (adapters off).
   if (config_.precompute_ref) {

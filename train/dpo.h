@@ -128,6 +128,7 @@ struct DpoConfig {
   int64_t log_every = 10;
   int64_t seed = 42;
   int64_t threads = 0;
+  std::string device = "cpu";  // where the policy (and a reference copy) run: "cpu" or "cuda"
 
   std::string out = "dpo-run";
 };

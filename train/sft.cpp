@@ -154,7 +154,9 @@ int64_t count_targets(const Tensor& targets) {
   return std::count_if(p, p + targets.numel(), [](int32_t t) { return t != data::kIgnoreLabel; });
 }
 
-Tensor batch_loss(nn::CausalLM& model, const SftBatch& batch, Device device) {
+// Batches are built on the host and moved to the model's device.
+Tensor batch_loss(nn::CausalLM& model, const SftBatch& batch) {
+  const Device device = model.device();
   auto on_device = [&](const Tensor& t) { return device == Device::cpu || !t.defined() ? t : to_device(t, device); };
   if (batch.positions.defined())
     return model.packed_loss(nn::PackedBatch{on_device(batch.ids), on_device(batch.targets),
@@ -211,7 +213,6 @@ struct SftTrainer::State {
   std::unique_ptr<AdamW> optimizer;
   std::vector<Tensor> trainable;
   int64_t truncated = 0;
-  Device device = Device::cpu;  // the model's; batches are built on the host and moved there
 
   // The current epoch's units: example indices (padded batches) or packed rows.
   int64_t epoch = -1;
@@ -231,6 +232,8 @@ FinetunedOutputs save_finetuned_outputs(const std::string& out, nn::CausalLM& mo
                                         const tokenizer::Tokenizer& tokenizer, const GenerationConfig& generation,
                                         const chat::ChatTemplate& chat_template, const std::string& base_dir,
                                         const std::function<void(const std::string&)>& log) {
+  // The adapter and model directory writers read the weights on the host; training is over.
+  if (model.device() != Device::cpu) model.to(Device::cpu);
   FinetunedOutputs written;
   if (lora) {
     written.adapter_dir = (fs::path(out) / "adapter").string();
@@ -402,8 +405,8 @@ SftTrainer::SftTrainer(SftConfig config, SftOptions options)
   for (auto& [name, p] : trainable) s.trainable.push_back(p);
   // Before the optimizer: its moments are made beside the parameters. Module::to keeps the
   // tensors' identity, so `trainable` follows the move.
-  s.device = parse_device(config_.device, "sft config: 'device'");
-  if (s.device != Device::cpu) model.to(s.device);
+  if (const Device device = parse_device(config_.device, "sft config: 'device'"); device != Device::cpu)
+    model.to(device);
   s.optimizer = std::make_unique<AdamW>(trainable, AdamWConfig{.lr = float(s.lr), .beta1 = float(config_.beta1),
                                                                .beta2 = float(config_.beta2), .eps = float(config_.eps),
                                                                .weight_decay = float(config_.weight_decay)});
@@ -475,7 +478,7 @@ double SftTrainer::validation_loss() {
     for (size_t i = begin; i < std::min(s.val.size(), begin + size_t(config_.batch)); ++i) picked.push_back(&s.val[i]);
     SftBatch b = make_sft_batch(picked, s.pad_id);
     if (b.target_tokens == 0) continue;
-    weighted += double(batch_loss(model, b, s.device).to_vector()[0]) * double(b.target_tokens);
+    weighted += double(batch_loss(model, b).to_vector()[0]) * double(b.target_tokens);
     tokens += b.target_tokens;
   }
   model.train();
@@ -579,7 +582,7 @@ SftResult SftTrainer::run(int64_t stop_after_step) {
     double loss_sum = 0;
     for (size_t m = 0; m < micro.size(); ++m) {
       if (micro[m].target_tokens == 0) continue;
-      Tensor loss = batch_loss(model, micro[m], s.device);
+      Tensor loss = batch_loss(model, micro[m]);
       const float value = loss.to_vector()[0];
       if (!std::isfinite(value))
         stopped(detail::concat("the training loss became ", value, " at step ", step));
@@ -648,11 +651,6 @@ SftResult SftTrainer::run(int64_t stop_after_step) {
   write_loss_files();
   if (result.finished) {
     model.eval();
-    // The adapter and model directory writers read the weights on the host; training is over.
-    if (s.device != Device::cpu) {
-      model.to(Device::cpu);
-      s.device = Device::cpu;
-    }
     const FinetunedOutputs written = save_finetuned_outputs(out.string(), model, s.lora, c.merge != 0, *s.tok,
                                                             s.loaded.generation, *s.chat_template, c.model, options_.log);
     result.adapter_dir = written.adapter_dir;

@@ -111,7 +111,8 @@ void save_finetuned_model_dir(const std::string& dir, const nn::CausalLM& model,
 // What a finished fine-tuning run writes under `out`: with LoRA (`lora` set) the adapter in PEFT's
 // layout as OUT/adapter; without LoRA, or with `merge`, the model (the adapter merged in and
 // unloaded) as OUT/model through save_finetuned_model_dir. Returns the directories written (empty
-// when not), each announced through `log` when it is set. Shared by sft, dpo, grpo and ppo.
+// when not), each announced through `log` when it is set. A model trained on a GPU is moved back
+// to the host first. Shared by sft, dpo, grpo and ppo.
 struct FinetunedOutputs {
   std::string adapter_dir, model_dir;
 };
