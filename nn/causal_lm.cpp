@@ -18,12 +18,6 @@ auto backend_copy_2d(Device device) {
 }
 }  // namespace
 
-Device CausalLM::device() const {
-  const std::vector<Tensor> params = parameters();
-  KOTOBA_CHECK(!params.empty(), model_type(), ": the model has no parameters to place it on a device");
-  return params.front().device();
-}
-
 Tensor CausalLM::loss(const Tensor& ids, const Tensor& targets) {
   KOTOBA_CHECK(targets.shape() == ids.shape(), model_type(), ": targets shape ", shape_str(targets.shape()),
                " does not match ids shape ", shape_str(ids.shape()));

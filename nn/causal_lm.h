@@ -77,8 +77,6 @@ class CausalLM : public Module {
   virtual Tensor logits_cached(const Tensor& ids, KVCache& cache, bool last_only = false) = 0;
 
   Generator& dropout_generator() { return dropout_gen_; }
-  // Where the model runs: its first parameter's device (Module::to moves them all together).
-  Device device() const;
 
  protected:
   explicit CausalLM(uint64_t dropout_seed) : dropout_gen_(dropout_seed) {}

@@ -16,6 +16,19 @@ void Module::collect(const std::string& prefix, std::vector<std::pair<std::strin
   for (auto& [name, child] : children_) child->collect(prefix + name + ".", out);
 }
 
+Device Module::device() const {
+  // Depth-first, as named_parameters() orders them.
+  auto first = [](const Module& m, auto& self) -> const Tensor* {
+    if (!m.params_.empty()) return &m.params_.front().second;
+    for (auto& [name, child] : m.children_)
+      if (const Tensor* t = self(*child, self)) return t;
+    return nullptr;
+  };
+  const Tensor* t = first(*this, first);
+  KOTOBA_CHECK(t != nullptr, "the module has no parameters to place it on a device");
+  return t->device();
+}
+
 std::vector<Tensor> Module::parameters() const {
   std::vector<Tensor> out;
   for (auto& [name, t] : named_parameters()) out.push_back(t);

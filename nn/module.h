@@ -22,6 +22,9 @@ class Module {
   std::vector<std::pair<std::string, Tensor>> named_parameters() const;
   std::vector<Tensor> parameters() const;
   int64_t parameter_count() const;
+  // Where the module runs: its first parameter's device (to() moves them all together), found
+  // without collecting the parameters (decoding asks once a step). An Error when it has none.
+  Device device() const;
 
   // Training mode switches dropout on; eval mode off. Applies to the whole subtree.
   void train(bool on = true);

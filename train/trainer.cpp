@@ -195,7 +195,6 @@ PretrainConfig Pretrainer::read_checkpoint_config(const std::string& out_dir) {
 Pretrainer::Pretrainer(PretrainConfig config, PretrainerOptions options)
     : config_(std::move(config)), options_(std::move(options)) {
   validate_pretrain_config(config_);
-  device_ = parse_device(config_.device, "pretrain config: 'device'");
   // Absolute, so that the checkpoint's copy of the config resumes from any working directory.
   config_.data = fs::absolute(config_.data).lexically_normal().string();
   config_.tokenizer = fs::absolute(config_.tokenizer).lexically_normal().string();
@@ -258,7 +257,8 @@ Pretrainer::Pretrainer(PretrainConfig config, PretrainerOptions options)
   }
   module().train();
   // Before the optimizer: its moments are made beside the parameters.
-  if (device_ != Device::cpu) module().to(device_);
+  if (const Device device = parse_device(config_.device, "pretrain config: 'device'"); device != Device::cpu)
+    module().to(device);
   optimizer_ = std::make_unique<AdamW>(module().named_parameters(),
                                        AdamWConfig{.lr = float(config_.lr), .beta1 = float(config_.beta1),
                                                    .beta2 = float(config_.beta2), .eps = float(config_.eps),
@@ -292,7 +292,8 @@ Generator& Pretrainer::dropout_generator() { return bert_ ? bert_->dropout_gener
 
 Tensor Pretrainer::batch_loss(const Tensor& x, const Tensor& y, uint64_t mask_seed, uint64_t batch_index) {
   // Batches are drawn (and masked) on the host, then moved to the model's device.
-  auto on_device = [&](const Tensor& t) { return device_ == Device::cpu ? t : to_device(t, device_); };
+  const Device device = module().device();
+  auto on_device = [&](const Tensor& t) { return device == Device::cpu ? t : to_device(t, device); };
   if (!bert_) return model_->loss(on_device(x), on_device(y));
   // Packed windows have no padding: every position is a token, so no attention mask is needed.
   mlm_mask(mlm_, x, mask_seed, batch_index, mlm_inputs_, mlm_labels_);
@@ -523,10 +524,7 @@ PretrainResult Pretrainer::run(int64_t stop_after_step) {
     if (eos >= 0) generation.bos_token_id = generation.eos_token_id = eos;
     result.model_dir = (out / "model").string();
     // The model directory writers read the weights on the host; training is over.
-    if (device_ != Device::cpu) {
-      module().to(Device::cpu);
-      device_ = Device::cpu;
-    }
+    if (module().device() != Device::cpu) module().to(Device::cpu);
     if (bert_) save_bert_dir(result.model_dir, *bert_, c.tokenizer);
     else save_model_dir(result.model_dir, *model_, c.tokenizer, generation);
     if (options_.log) options_.log("model written to " + result.model_dir);

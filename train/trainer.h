@@ -147,7 +147,6 @@ class Pretrainer {
   Tensor batch_loss(const Tensor& x, const Tensor& y, uint64_t mask_seed, uint64_t batch_index);
   PretrainConfig config_;
   PretrainerOptions options_;
-  Device device_ = Device::cpu;
   int64_t tokenizer_vocab_ = 0;
   std::unique_ptr<nn::CausalLM> model_;
   std::unique_ptr<nn::BertForMaskedLM> bert_;
