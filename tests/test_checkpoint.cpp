@@ -6,13 +6,13 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
-#include <unistd.h>
 
 #include "core/error.h"
 #include "core/tensor.h"
 #include "train/checkpoint.h"
 #include "train/loss_log.h"
 #include "train/optim.h"
+#include "test_util.h"
 #include "train/ppo.h"
 #include "train/reward.h"
 #include "train/sft.h"
@@ -43,11 +43,8 @@ std::span<const ConfigField<Config>> config_fields() {
 class CheckpointTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    out_ = (std::filesystem::temp_directory_path() /
-            ("kotoba_checkpoint_" + std::to_string(::getpid()) + "_" +
-             ::testing::UnitTest::GetInstance()->current_test_info()->name()))
+    out_ = kotoba::testing::scratch_path("checkpoint", ::testing::UnitTest::GetInstance()->current_test_info()->name())
                .string();
-    std::filesystem::remove_all(out_);
     std::filesystem::create_directories(out_);
   }
   void TearDown() override { std::filesystem::remove_all(out_); }
@@ -75,6 +72,9 @@ TEST_F(CheckpointTest, SaveThenRestoreRoundTrips) {
   w.set_requires_grad(true);  // AdamW keeps slots for trainable tensors only
   AdamW optimizer({{"w", w}}, AdamWConfig{});
   optimizer.set_step_count(7);
+  // Moments a run would have by now (fresh ones are zero, and would round trip by accident).
+  optimizer.slots()[0].m.copy_from(Tensor::from_vector({0.1f, -0.2f, 0.3f}, {3}));
+  optimizer.slots()[0].v.copy_from(Tensor::from_vector({0.01f, 0.04f, 0.09f}, {3}));
   Config config;
   config.out = out_;
   save_trainer_checkpoint(trainer_checkpoint_dir(out_), optimizer, kKind,
@@ -94,6 +94,8 @@ TEST_F(CheckpointTest, SaveThenRestoreRoundTrips) {
   restore_trainer_checkpoint(state, restored);
   EXPECT_EQ(restored.step_count(), 7);
   EXPECT_EQ(w2.to_vector(), (std::vector<float>{1.0f, 2.0f, 3.0f}));
+  EXPECT_EQ(restored.slots()[0].m.to_vector(), (std::vector<float>{0.1f, -0.2f, 0.3f}));
+  EXPECT_EQ(restored.slots()[0].v.to_vector(), (std::vector<float>{0.01f, 0.04f, 0.09f}));
 
   config.lr = 0.2;  // a field that affects the trajectory
   EXPECT_NE(error_of([&] { read_resumable_trainer_state(config, kKind, config_fields()); }).find("'lr'"),

@@ -28,14 +28,7 @@ struct CliRun {
 using kotoba::testing::slurp;
 
 // Why this machine has no CUDA backend, as the backend says it; "" when it has one.
-std::string cuda_missing_reason() {
-  try {
-    kotoba::backend_for(kotoba::Device::cuda);
-    return "";
-  } catch (const kotoba::Error& e) {
-    return e.what();
-  }
-}
+using kotoba::testing::cuda_missing_reason;
 
 class Cli : public ::testing::Test {
  protected:

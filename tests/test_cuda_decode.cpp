@@ -24,16 +24,6 @@ using kotoba::testing::test_seed;
 
 namespace {
 
-// GTEST_SKIP only leaves the function it is in: a macro, so that it leaves the test.
-#define SKIP_WITHOUT_CUDA()                                   \
-  do {                                                        \
-    try {                                                     \
-      backend_for(Device::cuda);                              \
-    } catch (const Error& e) {                                \
-      GTEST_SKIP() << "no CUDA device: " << e.what();         \
-    }                                                         \
-  } while (0)
-
 std::vector<uint8_t> random_bytes(size_t n, Generator& gen) {
   std::vector<uint8_t> out(n);
   for (uint8_t& b : out) b = uint8_t(gen.uniform() * 256.0f);
@@ -134,7 +124,7 @@ TEST(Copy2D, CpuCopiesEveryRowAndNothingElse) {
 }
 
 TEST(Copy2D, CudaEqualsTheReference) {
-  SKIP_WITHOUT_CUDA();
+  KOTOBA_SKIP_WITHOUT_CUDA();
   const Backend& gpu = backend_for(Device::cuda);
   ASSERT_NE(gpu.copy_2d, nullptr);
   Generator gen(test_seed() + 1);
@@ -209,7 +199,7 @@ TEST(CudaDecode, QuantisedModelRefusesToMoveAndNamesTheLimitation) {
 }
 
 TEST(CudaDecode, GreedyDecodingMatchesTheCpu) {
-  SKIP_WITHOUT_CUDA();
+  KOTOBA_SKIP_WITHOUT_CUDA();
   const uint64_t seed = test_seed();
   for (auto make : {small_gpt2, small_llama}) {
     auto on_cpu = make(seed), on_gpu = make(seed);
@@ -228,7 +218,7 @@ TEST(CudaDecode, GreedyDecodingMatchesTheCpu) {
 }
 
 TEST(CudaDecode, SelectRowsEqualsTheCpu) {
-  SKIP_WITHOUT_CUDA();
+  KOTOBA_SKIP_WITHOUT_CUDA();
   Generator gen(test_seed() + 4);
   const int64_t B = 3, H = 2, L = 9, D = 6;
   nn::KVCache cpu, gpu;

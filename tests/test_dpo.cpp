@@ -33,7 +33,6 @@
 #include "nn/lora.h"
 #include "ops/ops.h"
 #include "tokenizer/tokenizer.h"
-#include "ops/backend.h"
 #include "train/dpo.h"
 #include "train/logprobs.h"
 #include "train/sft.h"
@@ -426,11 +425,7 @@ TEST(DpoErrors, BadInputsAreNamed) {
 // On a GPU, DPO (full, with the reference precomputed and live; LoRA) reaches the CPU's loss and
 // margin (f32 on both; other summation orders, hence 1 %). Skips without a GPU.
 TEST(DpoTrainer, CudaRunMatchesTheCpuRun) {
-  try {
-    backend_for(Device::cuda);
-  } catch (const Error& e) {
-    GTEST_SKIP() << "no CUDA device: " << e.what();
-  }
+  KOTOBA_SKIP_WITHOUT_CUDA();
   const uint64_t seed = kt::test_seed();
   const fs::path root = scratch("cuda");
   kt::RuleTask task = kt::make_rule_task(seed, 60, 1);

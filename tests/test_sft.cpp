@@ -28,7 +28,6 @@
 #include "io/safetensors.h"
 #include "nn/gpt2.h"
 #include "nn/llama.h"
-#include "ops/backend.h"
 #include "tokenizer/tokenizer.h"
 #include "train/sft.h"
 #include "test_util.h"
@@ -500,11 +499,7 @@ TEST(SftErrors, BadInputsAreNamed) {
 // and Adam's normalised steps, hence 1 %), and a LoRA run checkpointed on the CPU resumes on the
 // GPU. The adapter and model written from the GPU load back on the CPU.
 TEST(SftTrainer, CudaRunMatchesTheCpuRun) {
-  try {
-    backend_for(Device::cuda);
-  } catch (const Error& e) {
-    GTEST_SKIP() << "no CUDA device: " << e.what();
-  }
+  KOTOBA_SKIP_WITHOUT_CUDA();
   const fs::path root = scratch("cuda");
   const train::SftConfig short_config = short_run(root);
   for (const int64_t lora_r : {4, 0}) {

@@ -25,8 +25,8 @@
 #include "io/model_dir.h"
 #include "io/safetensors.h"
 #include "nn/gpt2.h"
-#include "ops/backend.h"
 #include "train/trainer.h"
+#include "test_util.h"
 
 extern char** environ;
 
@@ -403,11 +403,8 @@ TEST(Pretrain, DeviceIsCheckedAndNamed) {
   c.arch = "bert";
   c.objective = "mlm";
   expect_error([&] { train::validate_pretrain_config(c); }, {"bert", "cpu only", "'device'"});
-  try {
-    backend_for(Device::cuda);
+  if (kotoba::testing::cuda_missing_reason().empty())
     GTEST_SKIP() << "a CUDA device is present, so the no-GPU error is not reachable";
-  } catch (const Error&) {
-  }
   c = tiny_run(scratch("device"));
   c.device = "cuda";
   expect_error([&] { train::Pretrainer(c, {.progress = false}); }, {"device 'cuda'"});
@@ -417,11 +414,7 @@ TEST(Pretrain, DeviceIsCheckedAndNamed) {
 // and Adam's normalised steps amplify tiny differences, hence 1 %), and a run checkpointed on the
 // CPU resumes on the GPU.
 TEST(Pretrain, CudaRunMatchesTheCpuRun) {
-  try {
-    backend_for(Device::cuda);
-  } catch (const Error& e) {
-    GTEST_SKIP() << "no CUDA device: " << e.what();
-  }
+  KOTOBA_SKIP_WITHOUT_CUDA();
   for (const char* arch : {"gpt2", "llama"}) {
     SCOPED_TRACE(arch);
     auto run_config = [&](const fs::path& out, const std::string& device) {

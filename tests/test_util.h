@@ -15,10 +15,30 @@
 
 #include <unistd.h>
 
+#include "core/error.h"
 #include "core/rng.h"
 #include "core/tensor.h"
+#include "ops/backend.h"
 
 namespace kotoba::testing {
+
+// Why this machine cannot run CUDA ("" when it can: a GPU is present and the backend came up).
+inline std::string cuda_missing_reason() {
+  try {
+    backend_for(Device::cuda);
+    return "";
+  } catch (const Error& e) {
+    return e.what();
+  }
+}
+
+// Skips the calling test, with the reason printed, on a machine without a usable GPU. A macro:
+// GTEST_SKIP only leaves the function it is written in.
+#define KOTOBA_SKIP_WITHOUT_CUDA()                                                                  \
+  do {                                                                                               \
+    if (const std::string why = ::kotoba::testing::cuda_missing_reason(); !why.empty())              \
+      GTEST_SKIP() << "no CUDA device: " << why;                                                     \
+  } while (0)
 
 // Where ctest's fixture (tests/reference/*.py) writes the float64 references.
 inline std::filesystem::path reference_dir() { return std::filesystem::path(KOTOBA_REFERENCE_DIR); }
