@@ -40,11 +40,7 @@ int main(int argc, char** argv) try {
     else if (a == "--new-tokens") new_tokens = std::stoll(value());
     else if (a == "--threads") threads = std::stoll(value());
     else if (a == "--repeat") repeat = std::stoll(value());
-    else if (a == "--device") {
-      const std::string d = value();
-      KOTOBA_CHECK(d == "cpu" || d == "cuda", "bench_decode: --device must be cpu or cuda, got '", d, "'");
-      device = d == "cuda" ? Device::cuda : Device::cpu;
-    }
+    else if (a == "--device") device = parse_device(value(), "bench_decode: --device");
     else if (a == "--batches") {
       batches.clear();
       std::string list = value();

@@ -57,8 +57,6 @@ for fmt in ${formats//,/ }; do
     sed "s/\"side\": *\"kotoba\"/\"side\": \"kotoba $fmt\"/" | tee -a "$results" | cut -c1-300 >&2
 done
 for type in $gguf_types; do
-  # A peer that fails (llama-cpp-python has crashed on some GGUF types and CPUs) is reported and
-  # left out of the summary rather than losing kotoba's figures.
   # A peer whose repacked kernels crash (llama-cpp-python 0.3.36 on some CPUs) is run again on the
   # weights as stored, and named so in the results.
   if ! "$python" "$repo/bench/decode_peer.py" "$work/model-$type.gguf" "${common[@]}" |

@@ -80,11 +80,8 @@ int cmd_eval(const cli::Args& args) {
       ++rows;
       ++w;
     }
-    auto on_device = [&](const std::vector<int32_t>& v) {
-      Tensor t = Tensor::from_vector_i32(v, {rows, len});
-      return device == Device::cpu ? t : to_device(t, device);
-    };
-    double mean = model.loss(on_device(x), on_device(y)).to_vector()[0];
+    auto ids = [&](const std::vector<int32_t>& v) { return on_device(Tensor::from_vector_i32(v, {rows, len}), device); };
+    double mean = model.loss(ids(x), ids(y)).to_vector()[0];
     total_loss += mean * double(rows * len);
     total_tokens += rows * len;
   }

@@ -191,7 +191,6 @@ LogitsProcessorList make_logits_processors(const GenerationOptions& o) {
 
 BatchDecoder::BatchDecoder(nn::CausalLM& model, bool use_kv_cache, int64_t capacity)
     : model_(model),
-      device_(model.device()),
       was_training_(model.training()),
       use_kv_cache_(use_kv_cache),
       capacity_(capacity > 0 ? std::min(capacity, model.max_positions()) : model.max_positions()) {
@@ -203,8 +202,7 @@ BatchDecoder::~BatchDecoder() { model_.train(was_training_); }
 std::vector<float> BatchDecoder::scores_of(const Tensor& logits) { return logits.contiguous().to_vector(); }
 
 Tensor BatchDecoder::ids_tensor(const std::vector<int32_t>& ids, int64_t rows, int64_t T) const {
-  Tensor t = Tensor::from_vector_i32(ids, {rows, T});
-  return device_ == Device::cpu ? t : to_device(t, device_);
+  return on_device(Tensor::from_vector_i32(ids, {rows, T}), model_.device());
 }
 
 std::vector<float> BatchDecoder::prefill(const std::vector<std::vector<int32_t>>& prompts) {

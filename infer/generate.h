@@ -186,7 +186,6 @@ class BatchDecoder {
   std::vector<float> scores_of(const Tensor& logits);  // (B, 1, V) -> rows * V floats
   Tensor ids_tensor(const std::vector<int32_t>& ids, int64_t rows, int64_t T) const;  // on the model's device
   nn::CausalLM& model_;
-  Device device_;
   bool was_training_;
   bool use_kv_cache_;
   int64_t capacity_;

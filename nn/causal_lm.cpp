@@ -169,7 +169,7 @@ void write_kv_rows(const Tensor& cache, const Tensor& src_in, int64_t start) {
 Tensor position_ids(int64_t start, int64_t T, Device device) {
   Tensor positions = Tensor::empty({T}, DType::i32);
   for (int64_t t = 0; t < T; ++t) positions.data<int32_t>()[t] = int32_t(start + t);
-  return device == Device::cpu ? positions : to_device(positions, device);
+  return on_device(positions, device);
 }
 
 Tensor padded_position_ids(const KVCache& cache, int64_t T, Device device) {
@@ -178,7 +178,7 @@ Tensor padded_position_ids(const KVCache& cache, int64_t T, Device device) {
   int32_t* p = positions.data<int32_t>();
   for (int64_t b = 0; b < B; ++b)
     for (int64_t t = 0; t < T; ++t) p[b * T + t] = int32_t(std::max<int64_t>(0, start + t - cache.pad[size_t(b)]));
-  return device == Device::cpu ? positions : to_device(positions, device);
+  return on_device(positions, device);
 }
 
 Tensor padded_key_mask(const KVCache& cache, int64_t T, Device device) {
@@ -187,7 +187,7 @@ Tensor padded_key_mask(const KVCache& cache, int64_t T, Device device) {
   int32_t* m = mask.data<int32_t>();
   for (int64_t b = 0; b < B; ++b)
     for (int64_t s = 0; s < S; ++s) m[b * S + s] = s >= cache.pad[size_t(b)] ? 1 : 0;
-  return device == Device::cpu ? mask : to_device(mask, device);
+  return on_device(mask, device);
 }
 
 }  // namespace kotoba::nn

@@ -56,4 +56,8 @@ Tensor to_device(const Tensor& x, Device device) {
   return out;
 }
 
+Tensor on_device(const Tensor& x, Device device) {
+  return !x.defined() || x.device() == device ? x : to_device(x, device);
+}
+
 }  // namespace kotoba

@@ -102,5 +102,8 @@ Tensor dropout(const Tensor& x, float p, Generator& gen, bool training = true);
 // contiguous, same dtype, no autograd history. Brings up the CUDA backend on first use;
 // throws when the device has no backend (no CUDA build or no GPU). ops/device_copy.cpp.
 Tensor to_device(const Tensor& x, Device device);
+// x itself when it is undefined or already on `device`, else to_device(x, device): for inputs
+// built on the host for a model that may live on a GPU.
+Tensor on_device(const Tensor& x, Device device);
 
 }  // namespace kotoba

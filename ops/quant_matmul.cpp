@@ -100,10 +100,9 @@ void llm_int8_forward(const float* x, int64_t m, const quant::PackedWeight& w, f
   a.b_scale = w.scales.data();  // one block per row: absmax / 127
   a.c = out;
   a.ldc = n;
-  if (cpu_isa() == "avx512")
-    cpu::avx512::int8_gemm(a);
-  else
-    cpu::avx2::int8_gemm(a);
+  // The instruction set is chosen once, at start-up (ops/backend.cpp).
+  static const auto int8_gemm = cpu_isa() == "avx512" ? cpu::avx512::int8_gemm : cpu::avx2::int8_gemm;
+  int8_gemm(a);
   if (outliers.empty()) return;
   // out += x[:, outliers] @ (dequantised W[:, outliers])^T in f32.
   const int64_t o = int64_t(outliers.size());

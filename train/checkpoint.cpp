@@ -111,6 +111,12 @@ void prepare_output_dir(const std::string& command, const std::string& out_dir, 
   fs::create_directories(out_dir);
   KOTOBA_CHECK(resuming || !fs::exists(trainer_checkpoint_dir(out_dir)), command, ": '", out_dir,
                "' already holds a checkpoint; pass --resume to continue it, or choose another --out");
+  for (auto& entry : fs::directory_iterator(out_dir)) {  // leftovers of a run killed mid-checkpoint
+    if (entry.path().filename().string().rfind(".checkpoint.tmp-", 0) == 0) {
+      std::error_code ec;
+      fs::remove_all(entry.path(), ec);
+    }
+  }
 }
 
 std::string last_good_checkpoint(const char* unit, int64_t last_checkpoint, const std::string& checkpoint_dir) {

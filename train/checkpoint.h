@@ -105,7 +105,8 @@ TrainerState read_resumable_trainer_state(const C& config_now, const CheckpointK
 void restore_trainer_checkpoint(const TrainerState& state, AdamW& optimizer);
 
 // Creates OUT for a run: an Error ("COMMAND: 'OUT' already holds a checkpoint; pass --resume ...")
-// where it holds a checkpoint that the run does not resume.
+// where it holds a checkpoint that the run does not resume. Removes the temporary directories
+// (.checkpoint.tmp-PID) a run killed while writing a checkpoint left behind.
 void prepare_output_dir(const std::string& command, const std::string& out_dir, bool resuming);
 
 // "the last good checkpoint (UNIT N) is in DIR", or "no checkpoint was written yet" where N is 0.

@@ -661,14 +661,7 @@ DpoResult DpoTrainer::run(int64_t stop_after_step) {
       DpoLoss loss = dpo_loss(lp.sums, ref, lp.counts, s.loss);
       if (!std::isfinite(loss.metrics.loss))
         stopped(detail::concat("the training loss became ", loss.metrics.loss, " at step ", step));
-      const std::vector<float> sums = lp.sums.to_vector();
-      double chosen_logp = 0;
-      int64_t chosen_tokens = 0;
-      for (size_t k = 0; k < picked.size(); ++k) {
-        chosen_logp += sums[k];
-        chosen_tokens += lp.counts[k];
-      }
-      const double nll = chosen_tokens > 0 ? -chosen_logp / double(chosen_tokens) : 0.0;
+      const double nll = loss.metrics.nll;  // the chosen replies' negative log-likelihood per token
       if (!(nll <= explode_nll))
         stopped(detail::concat("the policy's loss exploded at step ", step, ": the chosen replies' negative ",
                                "log-likelihood reached ", nll, " per token (more than 4 ln V = ", explode_nll, ")"));

@@ -97,8 +97,7 @@ Tensor row_sums(const Tensor& x) {
 SequenceLogprobs sequence_logprobs(nn::CausalLM& model, const Tensor& ids, const Tensor& targets) {
   SequenceLogprobs out;
   // Batches are built on the host; the model may live on a GPU (token_logprobs reads targets anywhere).
-  const Device device = model.device();
-  out.tokens = token_logprobs(model.logits(ids.device() == device ? ids : to_device(ids, device)), targets);
+  out.tokens = token_logprobs(model.logits(on_device(ids, model.device())), targets);
   out.sums = row_sums(out.tokens);
   Tensor t = targets.device() == Device::cpu ? targets.contiguous() : to_device(targets, Device::cpu);
   const int64_t B = t.size(0), T = t.size(1);

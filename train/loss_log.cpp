@@ -17,19 +17,19 @@ namespace {
 
 constexpr const char* kCsvHeader = "step,lr,train_loss,val_loss,tokens_per_second\n";
 
-std::string loss_line(const LossRow& r) {
-  const double values[] = {r.lr, r.train_loss, r.val_loss, r.tokens_per_second};
-  return csv_line(r.step, values);
-}
-
-}  // namespace
-
 std::string csv_number(double v) {
   if (!std::isfinite(v)) return "";
   char buf[64];
   std::snprintf(buf, sizeof buf, "%.8g", v);
   return buf;
 }
+
+std::string loss_line(const LossRow& r) {
+  const double values[] = {r.lr, r.train_loss, r.val_loss, r.tokens_per_second};
+  return csv_line(r.step, values);
+}
+
+}  // namespace
 
 std::string csv_line(int64_t step, std::span<const double> values) {
   std::string line = std::to_string(step);
@@ -66,9 +66,7 @@ std::vector<CsvRow> read_csv_rows(const std::string& path, size_t columns, int64
 }
 
 void write_loss_csv(const std::string& path, const std::vector<LossRow>& rows) {
-  std::string text = kCsvHeader;
-  for (const LossRow& r : rows) text += loss_line(r);
-  write_file_atomically(path, text);
+  write_csv_file(path, kCsvHeader, rows, loss_line);
 }
 
 void append_loss_csv(const std::string& path, const LossRow& row) { append_csv_line(path, loss_line(row)); }

@@ -23,9 +23,6 @@ void append_loss_csv(const std::string& path, const LossRow& row);
 // The rows of `path` up to step `up_to_step` (a missing file gives none; a row cut short by a
 // kill is skipped).
 std::vector<LossRow> read_loss_csv(const std::string& path, int64_t up_to_step);
-// The CSV files beside loss.csv (metrics.csv) share its cells: a step, then numbers as %.8g,
-// empty where not finite.
-std::string csv_number(double v);
 // Rewrites `path` atomically: `header`, then line_of(row) for each row (a run's metrics.csv as
 // far as it goes, when it starts or resumes).
 template <typename Row, typename LineOf>
@@ -34,7 +31,8 @@ void write_csv_file(const std::string& path, const std::string& header, const st
   for (const Row& r : rows) text += line_of(r);
   write_file_atomically(path, text);
 }
-// "STEP,V1,V2,...\n".
+// "STEP,V1,V2,...\n", the numbers as %.8g, empty where not finite (loss.csv's cells; the
+// metrics.csv files beside it share them).
 std::string csv_line(int64_t step, std::span<const double> values);
 // Appends a line (flushed; an Error naming the file if it cannot be written).
 void append_csv_line(const std::string& path, const std::string& line);

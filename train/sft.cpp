@@ -156,12 +156,11 @@ int64_t count_targets(const Tensor& targets) {
 
 // Batches are built on the host and moved to the model's device.
 Tensor batch_loss(nn::CausalLM& model, const SftBatch& batch) {
-  const Device device = model.device();
-  auto on_device = [&](const Tensor& t) { return device == Device::cpu || !t.defined() ? t : to_device(t, device); };
+  const Device d = model.device();
   if (batch.positions.defined())
-    return model.packed_loss(nn::PackedBatch{on_device(batch.ids), on_device(batch.targets),
-                                             on_device(batch.positions), on_device(batch.segments)});
-  return model.loss(on_device(batch.ids), on_device(batch.targets));
+    return model.packed_loss(nn::PackedBatch{on_device(batch.ids, d), on_device(batch.targets, d),
+                                             on_device(batch.positions, d), on_device(batch.segments, d)});
+  return model.loss(on_device(batch.ids, d), on_device(batch.targets, d));
 }
 
 constexpr CheckpointKind kCheckpoint{"kotoba-sft-checkpoint", "SFT", 1};

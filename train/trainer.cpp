@@ -293,8 +293,7 @@ Generator& Pretrainer::dropout_generator() { return bert_ ? bert_->dropout_gener
 Tensor Pretrainer::batch_loss(const Tensor& x, const Tensor& y, uint64_t mask_seed, uint64_t batch_index) {
   // Batches are drawn (and masked) on the host, then moved to the model's device.
   const Device device = module().device();
-  auto on_device = [&](const Tensor& t) { return device == Device::cpu ? t : to_device(t, device); };
-  if (!bert_) return model_->loss(on_device(x), on_device(y));
+  if (!bert_) return model_->loss(on_device(x, device), on_device(y, device));
   // Packed windows have no padding: every position is a token, so no attention mask is needed.
   mlm_mask(mlm_, x, mask_seed, batch_index, mlm_inputs_, mlm_labels_);
   int32_t* labels = mlm_labels_.data<int32_t>();
@@ -310,7 +309,7 @@ Tensor Pretrainer::batch_loss(const Tensor& x, const Tensor& y, uint64_t mask_se
         break;
       }
   }
-  return bert_->loss(on_device(mlm_inputs_), Tensor(), Tensor(), on_device(mlm_labels_));
+  return bert_->loss(on_device(mlm_inputs_, device), Tensor(), Tensor(), on_device(mlm_labels_, device));
 }
 
 double Pretrainer::validation_loss() {
@@ -414,12 +413,6 @@ PretrainResult Pretrainer::run(int64_t stop_after_step) {
   const PretrainConfig& c = config_;
   fs::path out(c.out);
   prepare_output_dir("pretrain", c.out, resumed_);
-  for (auto& entry : fs::directory_iterator(out)) {  // leftovers of a run killed mid-checkpoint
-    if (entry.path().filename().string().rfind(".checkpoint.tmp-", 0) == 0) {
-      std::error_code ec;
-      fs::remove_all(entry.path(), ec);
-    }
-  }
   // loss.csv is rewritten once (header and the rows kept on resume), then appended row by row.
   std::string csv_path = (out / "loss.csv").string();
   write_loss_csv(csv_path, rows_);

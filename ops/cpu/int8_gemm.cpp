@@ -5,12 +5,9 @@
 // no saturation) then vpmaddwd against ones into int32. AVX-512: the same on 64 bytes, or with
 // VNNI one vpdpbusd (four products straight into int32). Each weight row is loaded once per group
 // of four activation rows; the threads split the weight rows.
+#include "ops/cpu/kernel_util.h"  // first: its pragmas must precede <immintrin.h>
+
 #include "ops/cpu/int8_gemm.h"
-
-#include <immintrin.h>
-
-#include "ops/cpu/kernel_util.h"
-#include "ops/cpu/simd.h"
 
 namespace kotoba::cpu::KOTOBA_ISA_NS {
 
