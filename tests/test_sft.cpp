@@ -515,13 +515,12 @@ TEST(SftTrainer, CudaRunMatchesTheCpuRun) {
     ASSERT_TRUE(cpu.finished && gpu.finished);
     EXPECT_NEAR(gpu.train_loss, cpu.train_loss, 0.01 * cpu.train_loss);
     EXPECT_NEAR(gpu.val_loss, cpu.val_loss, 0.01 * cpu.val_loss);
-    if (lora_r > 0) {
-      LoadedModel reloaded = load_model_dir(c.model);
-      load_peft_adapter(*reloaded.model, gpu.adapter_dir);
-    } else {
+    if (lora_r == 0) {
       load_model_dir(gpu.model_dir);
+      continue;
     }
-    if (lora_r == 0) continue;
+    LoadedModel reloaded = load_model_dir(c.model);
+    load_peft_adapter(*reloaded.model, gpu.adapter_dir);
     c.device = "cpu";
     c.out = (root / "mixed").string();
     train::SftTrainer(c, {.progress = false}).run(/*stop_after_step=*/7);

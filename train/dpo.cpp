@@ -14,7 +14,6 @@
 #include <optional>
 
 #include "chat/chat_template.h"
-#include "core/atomic_file.h"
 #include "core/progress.h"
 #include "core/rng.h"
 #include "data/instruct_data.h"
@@ -22,7 +21,6 @@
 #include "data/preference_data.h"
 #include "io/model_dir.h"
 #include "io/peft.h"
-#include "io/safetensors.h"
 #include "nn/lora.h"
 #include "ops/ops.h"
 #include "tokenizer/tokenizer.h"
@@ -36,7 +34,6 @@
 namespace kotoba::train {
 
 namespace fs = std::filesystem;
-using nlohmann::json;
 
 // ---- the loss ----
 

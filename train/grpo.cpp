@@ -16,7 +16,6 @@
 #include <optional>
 
 
-#include "core/atomic_file.h"
 #include "core/progress.h"
 #include "core/rng.h"
 #include "data/instruct_data.h"
@@ -25,7 +24,6 @@
 #include "infer/generate.h"
 #include "io/model_dir.h"
 #include "io/peft.h"
-#include "io/safetensors.h"
 #include "nn/lora.h"
 #include "ops/ops.h"
 #include "tokenizer/tokenizer.h"
@@ -41,7 +39,6 @@
 namespace kotoba::train {
 
 namespace fs = std::filesystem;
-using nlohmann::json;
 
 // ---- advantages and the loss ----
 

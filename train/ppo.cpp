@@ -18,7 +18,6 @@
 #include <numeric>
 #include <optional>
 
-#include "core/atomic_file.h"
 #include "core/progress.h"
 #include "core/rng.h"
 #include "data/instruct_data.h"
@@ -45,7 +44,6 @@
 namespace kotoba::train {
 
 namespace fs = std::filesystem;
-using nlohmann::json;
 
 // ---- config ----
 

@@ -14,14 +14,12 @@
 
 #include <nlohmann/json.hpp>
 
-#include "core/atomic_file.h"
 #include "core/progress.h"
 #include "core/rng.h"
 #include "data/instruct_data.h"
 #include "data/preference_data.h"
 #include "io/model_dir.h"
 #include "io/reward_model_dir.h"
-#include "io/safetensors.h"
 #include "nn/lora.h"
 #include "nn/reward_model.h"
 #include "ops/autograd.h"

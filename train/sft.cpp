@@ -22,7 +22,6 @@
 #include "data/packing.h"
 #include "io/peft.h"
 #include "io/quantized_model.h"
-#include "io/safetensors.h"
 #include "nn/lora.h"
 #include "ops/ops.h"
 #include "tokenizer/tokenizer.h"
