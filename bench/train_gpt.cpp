@@ -105,6 +105,7 @@ struct Options {
   int warmup = 2;
   bool profile = false;
   Device device = Device::cpu;
+  DType precision = DType::f32;  // bf16: mixed precision (AutocastScope), f32 master weights
 };
 
 int parse_count(const char* flag, const char* value, int min) {
@@ -125,13 +126,15 @@ Options parse_args(int argc, char** argv) {
     else if (a == "--warmup") o.warmup = parse_count("--warmup", next, 0), ++i;
     else if (a == "--profile") o.profile = true;
     else if (a == "--device") {
-      KOTOBA_CHECK(next != nullptr && (std::string(next) == "cpu" || std::string(next) == "cuda"),
-                   "--device must be cpu or cuda");
-      o.device = std::string(next) == "cuda" ? Device::cuda : Device::cpu;
-      ++i;
+      KOTOBA_CHECK(next != nullptr, "--device needs cpu or cuda");
+      o.device = parse_device(next, "--device"), ++i;
+    } else if (a == "--precision") {
+      KOTOBA_CHECK(next != nullptr, "--precision needs f32 or bf16");
+      o.precision = parse_precision(next, "--precision"), ++i;
     }
     else if (a == "-h" || a == "--help") {
-      std::cout << "usage: bench_train_gpt CONFIG.json [--steps N] [--warmup N] [--profile] [--device cpu|cuda]\n";
+      std::cout << "usage: bench_train_gpt CONFIG.json [--steps N] [--warmup N] [--profile] [--device cpu|cuda]\n"
+                   "                       [--precision f32|bf16]\n";
       std::exit(0);
     } else {
       KOTOBA_CHECK(a.rfind("--", 0) != 0, "unknown flag '", a, "'");
@@ -285,8 +288,11 @@ int run(const Options& opt) {
 
     auto t0 = Clock::now();
     optim.zero_grad();
-    Tensor loss = opt.device == Device::cpu ? model.loss(ids, targets)
-                                            : model.loss(to_device(ids, opt.device), to_device(targets, opt.device));
+    Tensor loss;
+    {
+      AutocastScope autocast(opt.precision);
+      loss = model.loss(on_device(ids, opt.device), on_device(targets, opt.device));
+    }
     auto t1 = Clock::now();
     loss.backward();
     auto t2 = Clock::now();
@@ -328,6 +334,7 @@ int run(const Options& opt) {
       {"config", cfg.name},
       {"isa", std::string(cpu_isa())},
       {"device", std::string(device_name(opt.device))},
+      {"precision", std::string(dtype_name(opt.precision))},
       {"threads", cfg.threads},
       {"batch", B},
       {"seq", T},

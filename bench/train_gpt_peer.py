@@ -154,6 +154,8 @@ def main():
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model (the GPU comparison)")
     ap.add_argument("--tf32", action="store_true", help="allow TF32 matmuls on the GPU (as KOTOBA_CUDA_TF32=1)")
+    ap.add_argument("--precision", choices=("f32", "bf16"), default="f32",
+                    help="bf16: torch.autocast to bfloat16 around the forward, f32 weights (as kotoba's --precision)")
     args = ap.parse_args()
     if args.tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -182,7 +184,8 @@ def main():
         t0 = time.perf_counter()
         ids, targets = ids.to(args.device), targets.to(args.device)
         opt.zero_grad(set_to_none=True)
-        loss = run_model(ids, targets)
+        with torch.autocast(device_type=args.device, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+            loss = run_model(ids, targets)
         t1 = time.perf_counter()
         loss.backward()
         t2 = time.perf_counter()
@@ -202,6 +205,7 @@ def main():
     tps = B * T / step
     print(json.dumps({
         "bench": "train_gpt", "impl": "torch" + (".compile" if args.compile else ""), "device": args.device,
+        "precision": args.precision,
         "torch_version": torch.__version__,
         "attention": "sdpa" if HAS_SDPA else "explicit softmax", "adamw": adamw_kind(opt, params),
         "threads": torch.get_num_threads(), "params": n_params, "flops_per_token": flops_per_token,

@@ -47,10 +47,13 @@ void product_grad(const GradTarget& target, BinaryKind kind, const Tensor& g, co
   reduce_grad_into(target, tmp, alpha);
 }
 
-Tensor binary_op(BinaryKind kind, const Tensor& a, const Tensor& b) {
+Tensor binary_op(BinaryKind kind, const Tensor& a_arg, const Tensor& b_arg) {
   const char* op = kind_name(kind);
-  check_float(a, op, "a");
-  check_float(b, op, "b");
+  check_float(a_arg, op, "a");
+  check_float(b_arg, op, "b");
+  // An f32/bf16 pair computes in f32 (torch's promotion): the bf16 side is cast, differentiably.
+  const bool promote = a_arg.dtype() != b_arg.dtype();
+  const Tensor a = promote ? cast(a_arg, DType::f32) : a_arg, b = promote ? cast(b_arg, DType::f32) : b_arg;
   check_same_dtype_device(a, b, op, "a", "b");
   const Shape out_shape = broadcast_shapes(a.shape(), b.shape(), op);
   Tensor out = Tensor::empty(out_shape, a.dtype(), a.device());

@@ -64,6 +64,19 @@ struct ReduceSumArgs {
   const void* x; double* out; int64_t n; bool squares; DType dtype;
 };
 
+// dst (n) (=|+=) src (n) converted from src_dtype to dst_dtype (f32 <-> bf16, or a copy of one
+// dtype): casts for mixed precision, e.g. a bf16 gradient added into its f32 master's.
+struct ConvertArgs {
+  const void* src; DType src_dtype; void* dst; DType dst_dtype; int64_t n; bool accumulate;
+};
+
+// out[i] (f64, host memory) = sum of xs[i] (ns[i] elements) or of its squares, for `count`
+// tensors of one dtype: the global gradient norm with one wait for the device instead of one
+// per parameter.
+struct ReduceSumManyArgs {
+  const void* const* xs; const int64_t* ns; int64_t count; double* out; bool squares; DType dtype;
+};
+
 // out (n) = value
 struct FillArgs {
   void* out; int64_t n; float value; DType dtype;

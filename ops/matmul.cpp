@@ -103,13 +103,28 @@ GemmArgs make_gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const void
   return GemmArgs{ta, tb, m, n, k, 1.0f, a, lda, sa, b, ldb, sb, beta, c, ldc, sc, batch, dtype_ab, dtype_c};
 }
 
+// A bf16 copy of an f32 master (weight or bias), outside the autograd graph: the mixed linear
+// routes the gradient to the master itself.
+Tensor bf16_copy(const Tensor& master) {
+  Tensor src = master.is_contiguous() ? master : master.contiguous();
+  Tensor out = Tensor::empty(src.shape(), DType::bf16, src.device());
+  if (out.numel() > 0) {
+    ConvertArgs args{src.raw(), src.dtype(), out.raw(), DType::bf16, out.numel(), false};
+    KOTOBA_DISPATCH(src.device(), convert, args);
+  }
+  return out;
+}
+
 }  // namespace
 
 // a (..., M, K) @ b (..., K, N) -> (..., M, N). b 2-D: shared by every batch entry; a 2-D
 // with b batched: a shared. Otherwise the leading dims must be equal.
-Tensor matmul(const Tensor& a_in, const Tensor& b_in) {
-  check_float_tensor(a_in, "matmul", "a");
-  check_float_tensor(b_in, "matmul", "b");
+// Under autocast both operands are cast to bf16 first.
+Tensor matmul(const Tensor& a_arg, const Tensor& b_arg) {
+  check_float_tensor(a_arg, "matmul", "a");
+  check_float_tensor(b_arg, "matmul", "b");
+  const bool autocast = autocast_dtype() == DType::bf16;
+  const Tensor a_in = autocast ? cast(a_arg, DType::bf16) : a_arg, b_in = autocast ? cast(b_arg, DType::bf16) : b_arg;
   KOTOBA_CHECK(a_in.ndim() >= 2 && b_in.ndim() >= 2, "matmul: expected a (..., M, K) and b (..., K, N), got a ",
                shape_str(a_in.shape()), " and b ", shape_str(b_in.shape()));
   KOTOBA_CHECK(a_in.dtype() == b_in.dtype() && a_in.device() == b_in.device(),
@@ -192,24 +207,33 @@ Tensor matmul(const Tensor& a_in, const Tensor& b_in) {
                 });
 }
 
+
 // x (..., in) @ weight (out, in)^T + bias (out) -> (..., out): one gemm over all rows.
-Tensor linear(const Tensor& x_in, const Tensor& weight_in, const Tensor& bias_in) {
-  check_float_tensor(x_in, "linear", "x");
+// Mixed (x bf16, weight and bias f32 masters, e.g. under autocast): the product runs on bf16
+// copies of weight and bias, and their gradients are accumulated in f32 by the gemm itself
+// (db as ones^T dy), so no bf16 rounding touches the masters' gradients.
+Tensor linear(const Tensor& x_arg, const Tensor& weight_in, const Tensor& bias_in) {
+  check_float_tensor(x_arg, "linear", "x");
   check_float_tensor(weight_in, "linear", "weight");
+  const Tensor x_in = autocast_dtype() == DType::bf16 ? cast(x_arg, DType::bf16) : x_arg;
   KOTOBA_CHECK(x_in.ndim() >= 1 && weight_in.ndim() == 2 && x_in.size(-1) == weight_in.size(1),
                "linear: expected x (..., in) and weight (out, in), got x ", shape_str(x_in.shape()), " and weight ",
                shape_str(weight_in.shape()));
-  KOTOBA_CHECK(x_in.dtype() == weight_in.dtype() && x_in.device() == weight_in.device(),
-               "linear: x and weight must share dtype and device, got ", dtype_name(x_in.dtype()), " and ",
-               dtype_name(weight_in.dtype()));
+  const bool mixed = x_in.dtype() == DType::bf16 && weight_in.dtype() == DType::f32;
+  KOTOBA_CHECK((x_in.dtype() == weight_in.dtype() || mixed) && x_in.device() == weight_in.device(),
+               "linear: x and weight must share dtype and device (or be a bf16 x with an f32 weight), got x ",
+               dtype_name(x_in.dtype()), " on ", device_name(x_in.device()), " and weight ",
+               dtype_name(weight_in.dtype()), " on ", device_name(weight_in.device()));
   const int64_t in = weight_in.size(1), out_features = weight_in.size(0);
   if (bias_in.defined()) {
     KOTOBA_CHECK(bias_in.ndim() == 1 && bias_in.size(0) == out_features, "linear: bias must be (", out_features,
                  "), got ", shape_str(bias_in.shape()), " for weight ", shape_str(weight_in.shape()));
-    KOTOBA_CHECK(bias_in.dtype() == x_in.dtype() && bias_in.device() == x_in.device(),
-                 "linear: bias must share the dtype and device of x");
+    KOTOBA_CHECK(bias_in.dtype() == weight_in.dtype() && bias_in.device() == x_in.device(),
+                 "linear: bias must share the dtype of the weight and the device of x, got ",
+                 dtype_name(bias_in.dtype()), " on ", device_name(bias_in.device()));
   }
-  Tensor x = x_in, w = weight_in, bias = bias_in.defined() ? bias_in.contiguous() : Tensor();
+  Tensor x = x_in, w = mixed ? bf16_copy(weight_in) : weight_in;
+  Tensor bias = !bias_in.defined() ? Tensor() : mixed ? bf16_copy(bias_in) : bias_in.contiguous();
   int64_t x_ld = 0;
   if (!rows_view(x, x_ld)) {
     x = x.contiguous();
@@ -235,8 +259,8 @@ Tensor linear(const Tensor& x_in, const Tensor& weight_in, const Tensor& bias_in
   auto b_meta = bias_in.defined() ? bias_in.autograd_meta() : std::shared_ptr<AutogradMeta>();
   // y = x W^T + b, so dx = dy W (rows, in), dW += dy^T x (out, in), db += sum over rows of dy.
   return record("linear", out, {&x_in, &weight_in, &bias_in},
-                [x, w, wv, x_ld, x_meta, w_meta, b_meta, x_shape = x_in.shape(), w_shape = weight_in.shape(), rows,
-                 in, out_features](const Tensor& grad_in) {
+                [x, w, wv, x_ld, x_meta, w_meta, b_meta, x_shape = x_in.shape(), w_shape = weight_in.shape(),
+                 w_dtype = weight_in.dtype(), rows, in, out_features](const Tensor& grad_in) {
                   Tensor dy = grad_in.contiguous();
                   const DType dt = x.dtype();
                   if (GradTarget dx = grad_target(x_meta, x_shape, dt, x.device())) {
@@ -244,14 +268,22 @@ Tensor linear(const Tensor& x_in, const Tensor& weight_in, const Tensor& bias_in
                                            wv.ld, 0, dx.accumulate ? 1.0f : 0.0f, dx.tensor.raw(), in, 0, 1, dt, dt);
                     KOTOBA_DISPATCH(x.device(), gemm, g);
                   }
-                  if (GradTarget dw = grad_target(w_meta, w_shape, dt, w.device())) {
+                  if (GradTarget dw = grad_target(w_meta, w_shape, w_dtype, w.device())) {
                     GemmArgs g = make_gemm(true, false, out_features, in, rows, dy.raw(), out_features, 0, x.raw(), x_ld,
-                                           0, dw.accumulate ? 1.0f : 0.0f, dw.tensor.raw(), in, 0, 1, dt, dt);
+                                           0, dw.accumulate ? 1.0f : 0.0f, dw.tensor.raw(), in, 0, 1, dt, w_dtype);
                     KOTOBA_DISPATCH(x.device(), gemm, g);
                   }
-                  if (GradTarget db = grad_target(b_meta, Shape{out_features}, dt, x.device())) {
-                    SumRowsArgs s{dy.raw(), db.tensor.raw(), rows, out_features, db.accumulate, dt};
-                    KOTOBA_DISPATCH(x.device(), sum_rows, s);
+                  if (GradTarget db = grad_target(b_meta, Shape{out_features}, w_dtype, x.device())) {
+                    if (w_dtype == dt) {
+                      SumRowsArgs s{dy.raw(), db.tensor.raw(), rows, out_features, db.accumulate, dt};
+                      KOTOBA_DISPATCH(x.device(), sum_rows, s);
+                    } else {  // db (1, out) = ones (1, rows) @ dy (rows, out), accumulated in f32
+                      Tensor ones = Tensor::full({rows}, 1.0f, dt, x.device());
+                      GemmArgs g = make_gemm(false, false, 1, out_features, rows, ones.raw(), rows, 0, dy.raw(),
+                                             out_features, 0, db.accumulate ? 1.0f : 0.0f, db.tensor.raw(),
+                                             out_features, 0, 1, dt, w_dtype);
+                      KOTOBA_DISPATCH(x.device(), gemm, g);
+                    }
                   }
                 });
 }

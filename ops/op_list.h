@@ -12,6 +12,8 @@
   X(axpby, AxpbyArgs)                               \
   X(sum_rows, SumRowsArgs)                          \
   X(reduce_sum, ReduceSumArgs)                      \
+  X(reduce_sum_many, ReduceSumManyArgs)             \
+  X(convert, ConvertArgs)                           \
   X(fill, FillArgs)                                 \
   X(unary_forward, UnaryForwardArgs)                \
   X(unary_backward, UnaryBackwardArgs)              \

@@ -65,7 +65,12 @@ void copy_into(const Tensor& dst, const Tensor& src, bool accumulate) {
   const int64_t n = dst.numel();
   if (n == 0) return;
   const DType dt = dst.dtype(), st = src.dtype();
-  if (dst.is_contiguous() && src.is_contiguous() && dt == st) {
+  if (dst.is_contiguous() && src.is_contiguous() && dt != st) {
+    ConvertArgs args{src.raw(), st, dst.raw(), dt, n, accumulate};
+    KOTOBA_DISPATCH(dst.device(), convert, args);
+    return;
+  }
+  if (dst.is_contiguous() && src.is_contiguous()) {
     if (accumulate) {
       BinaryArgs args{BinaryKind::add, dst.raw(), src.raw(), dst.raw(), n, n, dt};
       KOTOBA_DISPATCH(dst.device(), binary, args);
@@ -76,7 +81,7 @@ void copy_into(const Tensor& dst, const Tensor& src, bool accumulate) {
     return;
   }
   KOTOBA_CHECK(dst.device() == Device::cpu && src.device() == Device::cpu,
-               "copy: strided or converting copies run on the cpu only");
+               "copy: strided copies run on the cpu only");
   const Shape& shape = dst.shape();
   const int nd = int(shape.size());
   const void* s = src.raw();

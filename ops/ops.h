@@ -5,6 +5,7 @@
 #include <cmath>
 #include <limits>
 #include <memory>
+#include <string_view>
 #include <vector>
 
 #include "core/rng.h"
@@ -96,6 +97,28 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int32_t ignore
 // ---- regularisation ----
 // Inverted dropout; identity when !training or p == 0. Draws from `gen`.
 Tensor dropout(const Tensor& x, float p, Generator& gen, bool training = true);
+
+// ---- mixed precision ----
+// While an AutocastScope(DType::bf16) is open on this thread, linear() and matmul() compute in
+// bf16 with f32 accumulation (torch.autocast's rule for matrix products): f32 inputs are cast
+// to bf16 (the gradient is cast back), and an f32 weight is read through a bf16 copy while its
+// gradient is written in f32 straight into the f32 master's. Their outputs are bf16. Element-
+// wise ops promote an f32/bf16 pair to f32 (always, as torch does), so a residual stream that
+// starts f32 stays f32, and so do the norms that read it. AutocastScope(DType::f32) turns it
+// off inside an outer scope.
+class AutocastScope {
+ public:
+  explicit AutocastScope(DType compute);
+  ~AutocastScope();
+  AutocastScope(const AutocastScope&) = delete;
+  AutocastScope& operator=(const AutocastScope&) = delete;
+
+ private:
+  DType previous_;
+};
+DType autocast_dtype();  // f32 when no scope is open
+// "f32" or "bf16" (a --precision flag or config field named by `what`) as the compute dtype.
+DType parse_precision(std::string_view name, std::string_view what);
 
 // ---- devices ----
 // A copy of x on `device` (CPU -> CUDA, CUDA -> CPU, or a clone on the same device),

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <functional>
 #include <map>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -269,6 +270,47 @@ void case_reduce_sum(Ctx& c) {
     c.label = "reduce_sum squares=" + std::to_string(squares);
     EXPECT_NEAR(ref, got, 1e-9 * (1.0 + std::fabs(ref))) << c.label;
   }
+}
+
+void case_reduce_sum_many(Ctx& c) {
+  const std::vector<int64_t> sizes = {100003, 1, 0, 4099, 300000};
+  for (bool squares : {false, true}) {
+    std::vector<std::unique_ptr<Buf>> xs;
+    std::vector<const void*> host_ptrs, dev_ptrs;
+    for (int64_t n : sizes) {
+      xs.push_back(std::make_unique<Buf>(c.dt, size_t(n)));
+      xs.back()->set(c.uniform(size_t(n), -1, 1.2f));
+      host_ptrs.push_back(xs.back()->h());
+      dev_ptrs.push_back(xs.back()->d());
+    }
+    const int64_t count = int64_t(sizes.size());
+    std::vector<double> ref(sizes.size()), got(sizes.size(), -1.0);
+    ReduceSumManyArgs a{host_ptrs.data(), sizes.data(), count, ref.data(), squares, c.dt};
+    cpu().reduce_sum_many(a);
+    a = {dev_ptrs.data(), sizes.data(), count, got.data(), squares, c.dt};  // pointer arrays and out: host
+    gpu().reduce_sum_many(a);
+    for (size_t i = 0; i < sizes.size(); ++i)
+      EXPECT_NEAR(ref[i], got[i], 1e-9 * (1.0 + std::fabs(ref[i])))
+          << "reduce_sum_many squares=" << squares << " tensor " << i << " of " << sizes[i];
+  }
+}
+
+// Every direction (f32 <-> bf16, and same-dtype copies), written and accumulated; c.dt is the
+// destination's dtype.
+void case_convert(Ctx& c) {
+  const int64_t n = 10007;
+  for (DType src_dt : {DType::f32, DType::bf16})
+    for (bool acc : {false, true}) {
+      Buf S(src_dt, n), O(c.dt, n);
+      S.set(c.uniform(n, -3, 3));
+      O.set(c.uniform(n, -1, 1));
+      ConvertArgs a{S.h(), src_dt, O.h(), c.dt, n, acc};
+      cpu().convert(a);
+      a.src = S.d(), a.dst = O.d();
+      gpu().convert(a);
+      c.label = "convert from " + std::string(dtype_name(src_dt)) + " accumulate=" + std::to_string(acc);
+      expect_close(c, "out", O, tol_for(c.dt, {1e-6f, 1e-6f}, {1e-6f, 8e-3f}));
+    }
 }
 
 void case_fill(Ctx& c) {
@@ -723,6 +765,8 @@ const std::map<Kernel, CaseFn>& cases() {
       {Kernel::axpby, case_axpby},
       {Kernel::sum_rows, case_sum_rows},
       {Kernel::reduce_sum, case_reduce_sum},
+      {Kernel::reduce_sum_many, case_reduce_sum_many},
+      {Kernel::convert, case_convert},
       {Kernel::fill, case_fill},
       {Kernel::unary_forward, case_unary_forward},
       {Kernel::unary_backward, case_unary_backward},

@@ -424,6 +424,39 @@ TEST(DpoErrors, BadInputsAreNamed) {
 
 // On a GPU, DPO (full, with the reference precomputed and live; LoRA) reaches the CPU's loss and
 // margin (f32 on both; other summation orders, hence 1 %). Skips without a GPU.
+// --precision bf16: the policy and its reference run their products in bf16, so a precomputed
+// reference and a live one agree (the same graph, the same bits), and the run stays close to the
+// f32 one without equalling it.
+TEST(DpoTrainer, Bf16MixedPrecisionTracksTheF32Run) {
+  const uint64_t seed = kt::test_seed();
+  const fs::path root = scratch("bf16");
+  kt::RuleTask task = kt::make_rule_task(seed, 60, 1);
+  const fs::path base = kt::make_rule_base_model(root, task, seed);
+  std::vector<data::PreferencePair> pairs = kt::rule_pairs(task, seed);
+  train::DpoConfig c;
+  c.model = base.string();
+  c.chat_template = "plain";
+  c.max_length = 48;
+  c.batch = 4;
+  c.steps = 8;
+  c.lr = 1e-3;
+  c.checkpoint_every = 0;
+  c.val_fraction = 0.1;
+  c.out = (root / "f32").string();
+  const train::DpoResult f32 = train::DpoTrainer(c, pairs, {}, {.progress = false}).run();
+  c.precision = "bf16";
+  c.out = (root / "bf16_precomputed").string();
+  const train::DpoResult precomputed = train::DpoTrainer(c, pairs, {}, {.progress = false}).run();
+  c.precompute_ref = 0;
+  c.out = (root / "bf16_live").string();
+  const train::DpoResult live = train::DpoTrainer(c, pairs, {}, {.progress = false}).run();
+  ASSERT_TRUE(f32.finished && precomputed.finished && live.finished);
+  EXPECT_EQ(live.train.loss, precomputed.train.loss) << "a live bf16 reference must equal the precomputed one";
+  EXPECT_NEAR(precomputed.train.loss, f32.train.loss, 0.05 * std::fabs(f32.train.loss) + 1e-3);
+  EXPECT_NEAR(precomputed.val.margin, f32.val.margin, 0.05 * std::fabs(f32.val.margin) + 1e-2);
+  EXPECT_NE(precomputed.train.loss, f32.train.loss) << "bit-identical to f32: nothing ran in bf16";
+}
+
 TEST(DpoTrainer, CudaRunMatchesTheCpuRun) {
   KOTOBA_SKIP_WITHOUT_CUDA();
   const uint64_t seed = kt::test_seed();

@@ -178,6 +178,7 @@ std::span<const ConfigField<DpoConfig>> dpo_config_fields() {
       {"seed", &C::seed, "seed of the pair order, the split and LoRA init", true},
       {"threads", &C::threads, "CPU threads (0: all cores)", false},
       {"device", &C::device, "where the model trains: cpu or cuda", false},
+      {"precision", &C::precision, "compute dtype of the matrix products: f32, or bf16 (mixed precision, f32 master weights)", false},
       {"out", &C::out, "output directory", false},
   };
   return fields;
@@ -185,6 +186,7 @@ std::span<const ConfigField<DpoConfig>> dpo_config_fields() {
 
 void validate_dpo_config(const DpoConfig& c) {
   parse_device(c.device, "dpo config: 'device'");
+  parse_precision(c.precision, "dpo config: 'precision'");
   auto positive = [](int64_t v, const char* name) {
     KOTOBA_CHECK(v > 0, "dpo config: '", name, "' must be positive, got ", v);
   };
@@ -446,7 +448,9 @@ void DpoTrainer::setup(std::vector<data::PreferencePair> train_pairs, std::vecto
     if (s.reference.model) s.reference.model->to(device);
   }
 
-  // Reference log-probabilities of every pair, from the starting model (adapters off).
+  // Reference log-probabilities of every pair, from the starting model (adapters off), in the
+  // precision the policy trains in, so the two agree exactly at step 0.
+  AutocastScope autocast(parse_precision(config_.precision, "dpo config: 'precision'"));
   if (config_.precompute_ref) {
     NoGradGuard no_grad;
     nn::LoraDisabled off(model);
@@ -593,6 +597,7 @@ void DpoTrainer::resume() {
 DpoResult DpoTrainer::run(int64_t stop_after_step) {
   State& s = *state_;
   const DpoConfig& c = config_;
+  AutocastScope autocast(parse_precision(c.precision, "dpo config: 'precision'"));
   fs::path out(c.out);
   prepare_output_dir("dpo", c.out, s.resumed);
   const std::string csv_path = (out / "loss.csv").string(), metrics_path = (out / "metrics.csv").string();

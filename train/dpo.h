@@ -129,6 +129,7 @@ struct DpoConfig {
   int64_t seed = 42;
   int64_t threads = 0;
   std::string device = "cpu";  // where the policy (and a reference copy) run: "cpu" or "cuda"
+  std::string precision = "f32";  // "bf16": matrix products in bf16 (AutocastScope), f32 master weights
 
   std::string out = "dpo-run";
 };

@@ -91,6 +91,7 @@ Tensor row_sums(const Tensor& x) {
                x.defined() ? shape_str(x.shape()) : std::string("an undefined tensor"));
   const int64_t B = x.size(0), T = x.size(1);
   Tensor ones = Tensor::full({T, 1}, 1.0f, x.dtype(), x.device());
+  AutocastScope exact(DType::f32);  // a sum of log-probabilities, not a product to run in bf16
   return reshape(matmul(x, ones), {B});
 }
 

@@ -73,6 +73,7 @@ std::span<const ConfigField<SftConfig>> sft_config_fields() {
       {"seed", &C::seed, "seed of the example order, the split, LoRA init and dropout", true},
       {"threads", &C::threads, "CPU threads (0: all cores)", false},
       {"device", &C::device, "where the model trains: cpu or cuda", false},
+      {"precision", &C::precision, "compute dtype of the matrix products: f32, or bf16 (mixed precision, f32 master weights)", false},
       {"out", &C::out, "output directory", false},
   };
   return fields;
@@ -108,6 +109,7 @@ void validate_sft_config(const SftConfig& c) {
   KOTOBA_CHECK(parse_device(c.device, "sft config: 'device'") == Device::cpu || c.quantize.empty(),
                "sft config: a quantised base ('quantize' ", c.quantize, ") runs on the cpu only, got 'device' \"",
                c.device, "\"");
+  parse_precision(c.precision, "sft config: 'precision'");
   KOTOBA_CHECK(c.quantize.empty() || c.merge == 0,
                "sft config: 'merge' cannot merge into a quantised base; merge the adapter into the f32 base with "
                "kotoba lora merge BASE OUT/adapter MERGED");
@@ -544,6 +546,7 @@ void SftTrainer::write_loss_files() {
 SftResult SftTrainer::run(int64_t stop_after_step) {
   State& s = *state_;
   const SftConfig& c = config_;
+  AutocastScope autocast(parse_precision(c.precision, "sft config: 'precision'"));
   fs::path out(c.out);
   prepare_output_dir("sft", c.out, s.resumed);
   const std::string csv_path = (out / "loss.csv").string();

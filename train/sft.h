@@ -77,6 +77,7 @@ struct SftConfig {
   int64_t seed = 42;               // example order, held-out split, LoRA initialisation, dropout
   int64_t threads = 0;             // CPU threads; 0: all cores
   std::string device = "cpu";      // where the model trains: "cpu" or "cuda" (a run may resume on the other)
+  std::string precision = "f32";   // "bf16": matrix products in bf16 (AutocastScope), f32 master weights
 
   std::string out = "sft-run";
 };

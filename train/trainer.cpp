@@ -64,6 +64,7 @@ std::span<const PretrainConfigField> pretrain_config_fields() {
       {"seed", &C::seed, "seed of initialisation, dropout and data sampling", true},
       {"threads", &C::threads, "CPU threads (0: all cores)", false},
       {"device", &C::device, "where the model trains: cpu or cuda", false},
+      {"precision", &C::precision, "compute dtype of the matrix products: f32, or bf16 (mixed precision, f32 master weights)", false},
       {"data", &C::data, "directory written by kotoba prepare", false},
       {"tokenizer", &C::tokenizer, "tokenizer.json the shards were made with", false},
       {"out", &C::out, "output directory", false},
@@ -123,6 +124,9 @@ void validate_pretrain_config(const PretrainConfig& c) {
   KOTOBA_CHECK(parse_device(c.device, "pretrain config: 'device'") == Device::cpu || c.arch != "bert",
                "pretrain config: 'arch' bert trains on the cpu only (its erf GELU has no CUDA kernel yet), got "
                "'device' \"", c.device, "\"");
+  KOTOBA_CHECK(parse_precision(c.precision, "pretrain config: 'precision'") == DType::f32 || c.arch != "bert",
+               "pretrain config: 'arch' bert trains in f32 only (its erf GELU has no bf16 path), got 'precision' \"",
+               c.precision, "\"");
   non_negative(double(c.n_positions), "n_positions");
   non_negative(double(c.warmup), "warmup");
   non_negative(c.weight_decay, "weight_decay");
@@ -411,6 +415,7 @@ void Pretrainer::write_loss_files() {
 
 PretrainResult Pretrainer::run(int64_t stop_after_step) {
   const PretrainConfig& c = config_;
+  AutocastScope autocast(parse_precision(c.precision, "pretrain config: 'precision'"));
   fs::path out(c.out);
   prepare_output_dir("pretrain", c.out, resumed_);
   // loss.csv is rewritten once (header and the rows kept on resume), then appended row by row.

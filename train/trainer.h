@@ -64,6 +64,7 @@ struct PretrainConfig {
   int64_t seed = 1337;             // initialisation, dropout and data sampling
   int64_t threads = 0;             // CPU threads; 0: all cores
   std::string device = "cpu";      // where the model trains: "cpu" or "cuda" (a run may resume on the other)
+  std::string precision = "f32";   // "bf16": matrix products in bf16 (AutocastScope), f32 master weights
 
   // Files.
   std::string data = {};       // directory written by `kotoba prepare`

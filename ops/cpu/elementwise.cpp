@@ -272,6 +272,42 @@ void reduce_sum(const ReduceSumArgs& args) {
     reduce_sum_typed<float>(args);
 }
 
+void reduce_sum_many(const ReduceSumManyArgs& args) {
+  for (int64_t i = 0; i < args.count; ++i) {
+    ReduceSumArgs one{args.xs[i], &args.out[i], args.ns[i], args.squares, args.dtype};
+    reduce_sum(one);
+  }
+}
+
+// ---- convert: dst (n) (=|+=) src (n) in another dtype ----
+
+template <typename S, typename D>
+void convert_typed(const ConvertArgs& args) {
+  const S* src = static_cast<const S*>(args.src);
+  D* dst = static_cast<D*>(args.dst);
+  const bool acc = args.accumulate;
+  parallel_chunks(args.n, kGrain, [&](int64_t begin, int64_t end) {
+    int64_t i = begin;
+    for (; i + kLanes <= end; i += kLanes) vstore(dst + i, acc ? vload(dst + i) + vload(src + i) : vload(src + i));
+    if (i < end) {
+      const int64_t r = end - i;
+      vstore_n(dst + i, acc ? vload_n(dst + i, r) + vload_n(src + i, r) : vload_n(src + i, r), r);
+    }
+  });
+}
+
+void convert(const ConvertArgs& args) {
+  const bool src_bf16 = args.src_dtype == DType::bf16, dst_bf16 = args.dst_dtype == DType::bf16;
+  if (src_bf16 && dst_bf16)
+    convert_typed<bf16, bf16>(args);
+  else if (src_bf16)
+    convert_typed<bf16, float>(args);
+  else if (dst_bf16)
+    convert_typed<float, bf16>(args);
+  else
+    convert_typed<float, float>(args);
+}
+
 // ---- fill: out (n) = value ----
 
 template <typename T>
@@ -508,6 +544,8 @@ void register_elementwise_kernels(Backend& b) {
   b.axpby = axpby;
   b.sum_rows = sum_rows;
   b.reduce_sum = reduce_sum;
+  b.reduce_sum_many = reduce_sum_many;
+  b.convert = convert;
   b.fill = fill;
   b.unary_forward = unary_forward;
   b.unary_backward = unary_backward;

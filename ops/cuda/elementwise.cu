@@ -3,6 +3,8 @@
 // Accumulation: parameter gradients +=; activation gradients = unless `accumulate`, then +=.
 #include <cuda_bf16.h>
 
+#include <vector>
+
 #include "ops/cuda/common.cuh"
 
 namespace kotoba::cuda {
@@ -319,6 +321,14 @@ __global__ void convert_matrix_kernel(const S* src, int64_t src_ld, int64_t src_
   }
 }
 
+template <typename S, typename D>
+__global__ void convert_kernel(const S* src, D* dst, int64_t n, bool accumulate) {
+  GRID_STRIDE(i, n) {
+    const float v = to_f32(src[i]);
+    dst[i] = from_f32<D>(accumulate ? to_f32(dst[i]) + v : v);
+  }
+}
+
 }  // namespace
 
 void scale_matrix(void* c, int64_t m, int64_t n, int64_t ldc, int64_t stride_c, int64_t batch, float beta, DType t) {
@@ -439,6 +449,49 @@ void reduce_sum(const ReduceSumArgs& a) {
   KOTOBA_CUDA_LAUNCHED();
   KOTOBA_CUDA_CHECK(cudaMemcpyAsync(a.out, d, sizeof(double), cudaMemcpyDeviceToHost, stream()));
   KOTOBA_CUDA_CHECK(cudaStreamSynchronize(stream()));
+}
+
+// One partial pass and one finishing block per tensor, all queued before a single copy back.
+void reduce_sum_many(const ReduceSumManyArgs& a) {
+  if (a.count == 0) return;
+  std::vector<int> blocks(size_t(a.count));
+  size_t total_blocks = 0;
+  for (int64_t i = 0; i < a.count; ++i) {
+    blocks[size_t(i)] = a.ns[i] > 0 ? int(blocks_for(a.ns[i], kThreads, kReduceBlocks)) : 0;
+    total_blocks += size_t(blocks[size_t(i)]);
+  }
+  Scratch scratch(sizeof(double) * (size_t(a.count) + total_blocks));
+  double* sums = scratch.as<double>();
+  double* partial = sums + a.count;
+  KOTOBA_CUDA_CHECK(cudaMemsetAsync(sums, 0, sizeof(double) * size_t(a.count), stream()));
+  dispatch_float(a.dtype, "reduce_sum_many", [&](auto tag) {
+    using T = decltype(tag);
+    for (int64_t i = 0; i < a.count; ++i) {
+      const int b = blocks[size_t(i)];
+      if (b == 0) continue;
+      reduce_partial_kernel<T><<<b, kThreads, 0, stream()>>>(static_cast<const T*>(a.xs[i]), a.ns[i], a.squares,
+                                                             partial);
+      KOTOBA_CUDA_LAUNCHED();
+      reduce_finish_kernel<<<1, kThreads, 0, stream()>>>(partial, b, sums + i);
+      KOTOBA_CUDA_LAUNCHED();
+      partial += b;
+    }
+  });
+  KOTOBA_CUDA_CHECK(cudaMemcpyAsync(a.out, sums, sizeof(double) * size_t(a.count), cudaMemcpyDeviceToHost, stream()));
+  KOTOBA_CUDA_CHECK(cudaStreamSynchronize(stream()));
+}
+
+void convert(const ConvertArgs& a) {
+  if (a.n == 0) return;
+  dispatch_float(a.src_dtype, "convert", [&](auto stag) {
+    using S = decltype(stag);
+    dispatch_float(a.dst_dtype, "convert", [&](auto dtag) {
+      using D = decltype(dtag);
+      convert_kernel<S, D><<<blocks_for(a.n, kThreads), kThreads, 0, stream()>>>(
+          static_cast<const S*>(a.src), static_cast<D*>(a.dst), a.n, a.accumulate);
+    });
+  });
+  KOTOBA_CUDA_LAUNCHED();
 }
 
 void fill(const FillArgs& a) {

@@ -1,7 +1,10 @@
 """GPT-2 golden state: a plain PyTorch GPT-2 (same math as HF's GPT2LMHeadModel: learned
 positions, pre-LayerNorm, tanh GELU, tied LM head) in float64 on fresh random weights and
 tokens. Writes weights (kotoba/HF names, Linear layout (out, in)), ids, targets, the loss and
-every parameter's gradient to one safetensors file that tests/test_gpt2.cpp checks."""
+every parameter's gradient to one safetensors file that tests/test_gpt2.cpp checks.
+The same model in bf16 mixed precision under torch.autocast (f32 weights, bf16 matrix
+products, cross-entropy on the bf16 logits in f32) gives a second file: how close PyTorch's
+own mixed precision comes to the float64 answer, the bar kotoba's is held to."""
 import math
 import os
 import sys
@@ -87,6 +90,17 @@ def main():
     meta = {k: str(v) for k, v in cfg.items()}
     meta["seed"] = str(seed)
     write_safetensors(os.path.join(out_dir, "gpt2_golden.safetensors"), tensors, meta)
+
+    amp_params = {name: t.detach().float().requires_grad_(True) for name, t in params.items()}
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        logits = gpt2_logits(amp_params, ids, cfg)
+    assert logits.dtype == torch.bfloat16, f"autocast left the logits in {logits.dtype}"
+    amp_loss = F.cross_entropy(logits.float().reshape(-1, V), targets.reshape(-1), ignore_index=-100)
+    amp_loss.backward()
+    amp = {"loss": amp_loss.detach().double().reshape(1)}
+    for name, t in amp_params.items():
+        amp["grad." + name] = t.grad.double()
+    write_safetensors(os.path.join(out_dir, "gpt2_autocast.safetensors"), amp, meta)
 
 
 if __name__ == "__main__":
