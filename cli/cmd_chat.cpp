@@ -115,6 +115,7 @@ int cmd_chat(const cli::Args& args) {
         << "kotoba chat MODEL [--template chatml|llama2|alpaca|plain] [--system TEXT] [--max-new-tokens N]\n"
            "                  [--temperature T] [--top-k K] [--top-p P] [--repetition-penalty R] [--greedy]\n"
            "                  [--seed S] [--max-turns N] [--input conversation.jsonl [--json]] [--threads N]\n"
+           "                  [--device cpu|cuda]\n"
            "  Chats with the model directory MODEL. The template is MODEL/tokenizer_config.json's chat_template\n"
            "  when it is one kotoba knows, else the one --template names. Reads a line from stdin per turn and\n"
            "  streams the reply; `quit`, `exit` or `bye` (or end of input) leaves, `/reset` forgets the turns,\n"
@@ -122,12 +123,13 @@ int cmd_chat(const cli::Args& args) {
            "  when the conversation and N new tokens would not fit the model's context (or beyond --max-turns).\n"
            "  --input FILE reads messages, one {\"role\", \"content\"} JSON object per line, ending with a user\n"
            "  message, prints the reply to it and exits (--json: {\"reply\", \"finish_reason\"}).\n"
-           "  Sampling defaults come from MODEL/generation_config.json, as for `kotoba generate`.\n";
+           "  Sampling defaults come from MODEL/generation_config.json, as for `kotoba generate`.\n"
+           "  --device cuda runs the model on the GPU (default cpu; quantised weights run on the CPU only).\n";
     return 0;
   }
   Flags f = Flags::parse(args, "chat",
                          {"template", "system", "max-new-tokens", "temperature", "top-k", "top-p", "repetition-penalty",
-                          "seed", "max-turns", "input", "threads"},
+                          "seed", "max-turns", "input", "threads", "device"},
                          {"greedy", "json"}, 1);
   KOTOBA_CHECK(f.positional().size() == 1, "chat: expected the model directory (kotoba chat MODEL)");
   KOTOBA_CHECK(!f.has("json") || f.has("input"), "chat: --json needs --input (the REPL prints text)");
@@ -143,7 +145,9 @@ int cmd_chat(const cli::Args& args) {
   const int64_t max_turns = f.integer("max-turns", 0);
   KOTOBA_CHECK(max_turns >= 0, "chat: --max-turns must be >= 0 (0: no limit), got ", max_turns);
   set_num_threads(int(f.integer("threads", 0)));
+  const Device device = cli::device_flag(f, "chat");
   LoadedModel loaded = load_model_dir(f.positional()[0]);
+  cli::move_model(*loaded.model, device, "chat");
   tokenizer::Tokenizer tok = tokenizer::Tokenizer::load_dir(loaded.dir);
 
   const std::string config_path = (std::filesystem::path(loaded.dir) / "tokenizer_config.json").string();

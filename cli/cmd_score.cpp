@@ -16,6 +16,7 @@
 #include "core/parallel.h"
 #include "data/preference_data.h"
 #include "io/json_util.h"
+#include "nn/reward_model.h"
 #include "train/reward_model_reward.h"
 
 using namespace kotoba;
@@ -27,7 +28,7 @@ namespace {
 
 int usage() {
   std::cout << "kotoba score --model RM_DIR (--data FILE | --prompt P --response R) [--out FILE] [--format F]\n"
-               "             [--chat-template T] [--max-length N] [--batch N] [--threads N]\n"
+               "             [--chat-template T] [--max-length N] [--batch N] [--threads N] [--device cpu|cuda]\n"
                "  Scores replies with a reward model (`kotoba reward`'s OUT/model, or a transformers\n"
                "  ...ForSequenceClassification directory with one label). FILE is JSONL of {prompt, response}\n"
                "  (each line is written back with a \"score\" field) or preference data (pairs, choice or ranked:\n"
@@ -37,7 +38,8 @@ int usage() {
                "  --format       preference-data shape: auto, pairs, choice, ranked (default auto)\n"
                "  --chat-template chatml, llama2, alpaca, plain; auto: the model's (default auto)\n"
                "  --max-length   tokens per sequence; longer ones are cut (default 1024)\n"
-               "  --batch        sequences per forward pass (default 16)\n";
+               "  --batch        sequences per forward pass (default 16)\n"
+               "  --device       where the reward model runs: cpu or cuda (default cpu)\n";
   return 0;
 }
 
@@ -117,7 +119,7 @@ int cmd_score(const cli::Args& args) {
   if (cli::wants_help(args)) return usage();
   Flags flags = Flags::parse(args, "score",
                              {"model", "data", "prompt", "response", "out", "format", "chat-template", "max-length",
-                              "batch", "threads"});
+                              "batch", "threads", "device"});
   KOTOBA_CHECK(flags.has("model"), "score: --model RM_DIR (a reward model directory) is required");
   const bool single = flags.has("prompt") || flags.has("response");
   KOTOBA_CHECK(single != flags.has("data"), "score: give --data FILE, or --prompt P with --response R");
@@ -127,6 +129,7 @@ int cmd_score(const cli::Args& args) {
   KOTOBA_CHECK(max_length > 0, "score: --max-length must be positive, got ", max_length);
   KOTOBA_CHECK(batch > 0, "score: --batch must be positive, got ", batch);
   set_num_threads(int(flags.integer("threads", 0)));
+  const Device device = cli::device_flag(flags, "score");
 
   // Inputs first: a bad file fails before the model is read.
   std::vector<Item> items;
@@ -157,6 +160,7 @@ int cmd_score(const cli::Args& args) {
   }
 
   train::RewardModelScorer scorer(flags.str("model"), flags.str("chat-template", "auto"), max_length, batch);
+  cli::move_model(scorer.model(), device, "score");
   // Every sequence to score: the response (or chosen, then rejected) after its prompt.
   std::vector<std::vector<int32_t>> sequences;
   for (const Item& item : items) {

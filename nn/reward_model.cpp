@@ -44,7 +44,7 @@ void RewardModel::set_training(bool on) {
 std::vector<int64_t> RewardModel::lengths_of(const Tensor& ids) const {
   KOTOBA_CHECK(ids.defined() && ids.ndim() == 2 && ids.dtype() == DType::i32, "reward model: ids must be (B, T) i32");
   const int64_t B = ids.size(0), T = ids.size(1);
-  Tensor host = ids.contiguous();
+  Tensor host = ids.device() == Device::cpu ? ids.contiguous() : to_device(ids, Device::cpu);
   const int32_t* p = host.data<int32_t>();
   std::vector<int64_t> lengths(size_t(B), T);
   if (!pad_token_id_) return lengths;

@@ -56,6 +56,7 @@ class Cli : public ::testing::Test {
       corpus += (i % 9 == 8) ? ".\n%\n" : " ";
     }
     write(dir / "corpus.txt", corpus);
+    write(dir / "turns.jsonl", "{\"role\": \"user\", \"content\": \"the cat\"}\n");
     ASSERT_EQ(kotoba("tokenizer train --input " + path("corpus.txt") + " --vocab-size 300 --out " +
                      path("tok.json")).code, 0);
     ASSERT_EQ(kotoba("prepare --tokenizer " + path("tok.json") + " --input " + path("corpus.txt") +
@@ -106,7 +107,8 @@ TEST_F(Cli, DeviceCudaWithoutAGpuFailsSayingWhy) {
   if (why.empty()) GTEST_SKIP() << "a CUDA device is present (Cli.DeviceCudaRunsWhereAGpuIs runs it)";
   for (const std::string& command :
        {"generate " + path("run/model") + " --prompt 'the cat' --max-new-tokens 3 --greedy",
-        "eval " + path("run/model") + " --data " + path("corpus.txt")}) {
+        "eval " + path("run/model") + " --data " + path("corpus.txt"),
+        "chat " + path("run/model") + " --template plain --input " + path("turns.jsonl")}) {
     CliRun r = kotoba(command + " --device cuda");
     EXPECT_EQ(r.code, 1) << "an error, not a crash: " << r.err;
     // The command and flag, then the backend's own reason (e.g. cudaGetDeviceCount's error).
@@ -132,6 +134,10 @@ TEST_F(Cli, DeviceCudaRunsWhereAGpuIs) {
   ASSERT_EQ(r.code, 0) << r.err;
   while (!r.out.empty() && r.out.back() == '\n') r.out.pop_back();
   EXPECT_FALSE(nlohmann::json::parse(r.out.substr(r.out.rfind('\n') + 1))["ids"].empty());
+  r = kotoba("chat " + path("run/model") + " --template plain --input " + path("turns.jsonl") +
+             " --max-new-tokens 3 --greedy --json --device cuda");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(nlohmann::json::parse(r.out.substr(r.out.rfind('{'))).contains("reply"));
 }
 
 TEST_F(Cli, UnknownFlagAndUnknownCommand) {

@@ -487,6 +487,51 @@ INSTANTIATE_TEST_SUITE_P(Modes, RewardResume, ::testing::Values(false, true),
 
 // A learning rate that overflows the weights makes the loss non-finite (or explode) at the second
 // step: the run stops naming the last good checkpoint (step 1), which stays, and writes no model.
+// On a GPU (full and LoRA) the run reaches the CPU's loss and accuracy (f32 on both; 1 %), a
+// CPU checkpoint resumes on the GPU, and the directory written is read back on the host.
+TEST(RewardTrainer, CudaRunMatchesTheCpuRun) {
+  KOTOBA_SKIP_WITHOUT_CUDA();
+  const uint64_t seed = kt::test_seed();
+  const fs::path root = scratch("cuda");
+  RulePairs pairs = make_rule_pairs(seed, 200, 40);
+  std::vector<json> all = pairs.train;
+  all.insert(all.end(), pairs.test.begin(), pairs.test.end());
+  const fs::path base = make_base_model(root, all, seed);
+  write_jsonl(root / "train.jsonl", pairs.train);
+  write_jsonl(root / "test.jsonl", pairs.test);
+  for (const int64_t lora_r : {0, 4}) {
+    SCOPED_TRACE(lora_r ? "LoRA" : "full");
+    train::RewardConfig c;
+    c.model = base.string();
+    c.data = (root / "train.jsonl").string();
+    c.val_data = (root / "test.jsonl").string();
+    c.chat_template = "plain";
+    c.max_length = 64;
+    c.batch = 8;
+    c.steps = 10;
+    c.lr = 1e-3;
+    c.lora_r = lora_r;
+    c.checkpoint_every = 5;
+    c.out = (root / ("cpu" + std::to_string(lora_r))).string();
+    const train::RewardResult cpu = train::RewardTrainer(c, {.progress = false}).run();
+    c.device = "cuda";
+    c.out = (root / ("gpu" + std::to_string(lora_r))).string();
+    const train::RewardResult gpu = train::RewardTrainer(c, {.progress = false}).run();
+    ASSERT_TRUE(cpu.finished && gpu.finished);
+    EXPECT_NEAR(gpu.train_loss, cpu.train_loss, 0.01 * cpu.train_loss);
+    EXPECT_NEAR(gpu.val.loss, cpu.val.loss, 0.01 * cpu.val.loss);
+    load_reward_model_dir(gpu.model_dir);
+
+    c.device = "cpu";
+    c.out = (root / ("mixed" + std::to_string(lora_r))).string();
+    train::RewardTrainer(c, {.progress = false}).run(/*stop_after_step=*/5);
+    c.device = "cuda";
+    train::RewardTrainer resumed(c, {.progress = false});
+    resumed.resume();
+    EXPECT_NEAR(resumed.run().train_loss, cpu.train_loss, 0.01 * cpu.train_loss);
+  }
+}
+
 TEST(RewardErrors, NonFiniteLossStopsAndKeepsTheCheckpoint) {
   const uint64_t seed = kt::test_seed();
   const fs::path root = scratch("nan");
@@ -566,6 +611,20 @@ TEST(RewardErrors, BadInputsAreNamed) {
   ASSERT_EQ(cli_run("score --model '" + rm + "' --prompt 'Say red cat.' --response 'blue please'", output), 0)
       << output;
   EXPECT_TRUE(json::parse(output.substr(0, output.find('\n')))["score"].is_number()) << output;
+  // --device: the GPU gives the CPU's score (f32 on both), or without one the reason, named.
+  const double cpu_score = json::parse(output.substr(0, output.find('\n')))["score"].get<double>();
+  const std::string on_cuda = "score --model '" + rm + "' --prompt 'Say red cat.' --response 'blue please' --device cuda";
+  if (const std::string why = kotoba::testing::cuda_missing_reason(); why.empty()) {
+    ASSERT_EQ(cli_run(on_cuda, output), 0) << output;
+    EXPECT_NEAR(json::parse(output.substr(0, output.find('\n')))["score"].get<double>(), cpu_score,
+                1e-4 * (1 + std::fabs(cpu_score)));
+  } else {
+    EXPECT_NE(cli_run(on_cuda, output), 0);
+    EXPECT_NE(output.find("score: --device cuda: " + why), std::string::npos) << output;
+  }
+  EXPECT_NE(cli_run("score --model '" + rm + "' --prompt a --response b --device tpu", output), 0);
+  EXPECT_NE(output.find("score: flag '--device': expected \"cpu\" or \"cuda\", got \"tpu\""), std::string::npos)
+      << output;
   ASSERT_EQ(cli_run("score --model '" + rm + "' --data '" + (root / "train.jsonl").string() + "' --out '" +
                         (root / "scores.jsonl").string() + "'",
                     output),

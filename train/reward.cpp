@@ -74,6 +74,7 @@ std::span<const ConfigField<RewardConfig>> reward_config_fields() {
       {"log_every", &C::log_every, "steps between loss.csv rows", false},
       {"seed", &C::seed, "seed of the pair order, the split and the score head", true},
       {"threads", &C::threads, "CPU threads (0: all cores)", false},
+      {"device", &C::device, "where the model trains: cpu or cuda", false},
       {"out", &C::out, "output directory", false},
   };
   return fields;
@@ -86,6 +87,7 @@ void validate_reward_config(const RewardConfig& c) {
   auto non_negative = [](double v, const char* name) {
     KOTOBA_CHECK(v >= 0, "reward config: '", name, "' must not be negative, got ", v);
   };
+  parse_device(c.device, "reward config: 'device'");
   KOTOBA_CHECK(!c.model.empty(), "reward config: 'model' (the model directory to train) is required");
   KOTOBA_CHECK(!c.data.empty(), "reward config: 'data' (the preference pairs) is required");
   KOTOBA_CHECK(c.val_fraction >= 0 && c.val_fraction < 1, "reward config: 'val_fraction' must be in [0, 1), got ",
@@ -304,6 +306,10 @@ RewardTrainer::RewardTrainer(RewardConfig config, RewardOptions options)
   for (auto& [name, p] : model.named_parameters())
     if (p.requires_grad()) trainable.emplace_back(name, p);
   for (auto& [name, p] : trainable) s.trainable.push_back(p);
+  // Before the optimizer: its moments are made beside the parameters (Module::to keeps the
+  // tensors' identity, so `trainable` follows the move).
+  if (const Device device = parse_device(config_.device, "reward config: 'device'"); device != Device::cpu)
+    model.to(device);
   s.optimizer = std::make_unique<AdamW>(trainable, AdamWConfig{.lr = float(config_.lr), .beta1 = float(config_.beta1),
                                                                .beta2 = float(config_.beta2), .eps = float(config_.eps),
                                                                .weight_decay = float(config_.weight_decay)});
@@ -351,7 +357,7 @@ RewardEval RewardTrainer::evaluate() {
       rejected.push_back(&s.val[i].rejected);
     }
     RewardBatch b = make_reward_batch(chosen, rejected, s.pad_id);
-    const std::vector<float> r = s.model->rewards(b.ids, b.lengths).to_vector();
+    const std::vector<float> r = s.model->rewards(on_device(b.ids, s.model->device()), b.lengths).to_vector();
     PairwiseLoss l = pairwise_reward_loss(r, config_.center_rewards_coefficient);
     loss_sum += l.loss * double(b.pairs);
     correct += l.correct;
@@ -457,7 +463,7 @@ RewardResult RewardTrainer::run(int64_t stop_after_step) {
     }
     double loss_sum = 0;
     for (const RewardBatch& b : micro) {
-      Tensor rewards = model.rewards(b.ids, b.lengths);  // (2P, 1)
+      Tensor rewards = model.rewards(on_device(b.ids, model.device()), b.lengths);  // (2P, 1)
       const std::vector<float> r = rewards.to_vector();
       const PairwiseLoss l = pairwise_reward_loss(r, c.center_rewards_coefficient);
       if (!std::isfinite(l.loss)) stopped(detail::concat("the training loss became ", l.loss, " at step ", step));
@@ -531,6 +537,7 @@ RewardResult RewardTrainer::run(int64_t stop_after_step) {
   write_plot();
   if (result.finished) {
     model.set_training(false);
+    if (model.device() != Device::cpu) model.to(Device::cpu);  // the merge and the writers read host memory
     if (s.lora) {
       result.adapter_dir = (out / "adapter").string();
       save_reward_peft_adapter(result.adapter_dir, model, *s.lora, c.model);

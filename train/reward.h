@@ -71,6 +71,7 @@ struct RewardConfig {
   int64_t log_every = 10;
   int64_t seed = 42;               // pair order, held-out split, score-head initialisation
   int64_t threads = 0;             // CPU threads; 0: all cores
+  std::string device = "cpu";      // where the model trains: "cpu" or "cuda" (a run may resume on the other)
 
   std::string out = "reward-run";
 };

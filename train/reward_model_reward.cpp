@@ -14,6 +14,7 @@
 #include "data/preference_data.h"
 #include "io/reward_model_dir.h"
 #include "nn/reward_model.h"
+#include "ops/ops.h"
 #include "tokenizer/tokenizer.h"
 #include "train/sft.h"
 
@@ -94,7 +95,7 @@ std::vector<float> RewardModelScorer::score_tokens(const std::vector<std::vector
       while (lengths.back() > 1 && rows[i][size_t(lengths.back() - 1)] == pad_) --lengths.back();
     }
     Tensor ids_t = Tensor::from_vector_i32(ids, {int64_t(end - begin), int64_t(longest)});
-    for (float r : model.rewards(ids_t, lengths).to_vector()) scores.push_back(r);
+    for (float r : model.rewards(on_device(ids_t, model.device()), lengths).to_vector()) scores.push_back(r);
   }
   return scores;
 }
