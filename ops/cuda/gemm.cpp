@@ -5,7 +5,10 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <map>
+#include <memory>
 #include <mutex>
+#include <tuple>
 
 #include "core/error.h"
 #include "ops/cuda/kernels.h"
@@ -81,7 +84,7 @@ cublasLtMatrixLayout_t make_layout(cudaDataType_t type, int64_t cm_rows, int64_t
   return layout;
 }
 
-// RAII for the per-call descriptors.
+// RAII for the descriptors of one gemm shape.
 struct LtCall {
   cublasLtMatmulDesc_t desc = nullptr;
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
@@ -94,6 +97,37 @@ struct LtCall {
     if (desc) cublasLtMatmulDescDestroy(desc);
   }
 };
+
+// Everything cuBLASLt's descriptors and algorithm choice depend on (alpha, beta and the
+// pointers themselves do not; the pointers' alignments do).
+struct PlanKey {
+  int64_t m, n, k, lda, ldb, ldc, stride_a, stride_b, stride_c, batch;
+  bool trans_a, trans_b, tf32;
+  DType dtype_ab, dtype_c;
+  uint32_t align_a, align_b, align_c;
+  auto tied() const {
+    return std::tie(m, n, k, lda, ldb, ldc, stride_a, stride_b, stride_c, batch, trans_a, trans_b, tf32, dtype_ab,
+                    dtype_c, align_a, align_b, align_c);
+  }
+  bool operator<(const PlanKey& o) const { return tied() < o.tied(); }
+};
+
+// The descriptors and the heuristic's algorithm for one shape, made once: a training step calls
+// the same few dozen shapes over and over, and building descriptors plus asking the heuristic
+// costs tens of microseconds per call. `fallback`: cuBLASLt has no kernel for it.
+struct Plan {
+  LtCall call;
+  cublasLtMatmulAlgo_t algo{};
+  bool fallback = false;
+};
+
+constexpr size_t kMaxPlans = 4096;  // shapes beyond this (e.g. ever-growing decode lengths) start over
+
+std::mutex g_plans_mutex;
+std::map<PlanKey, std::unique_ptr<Plan>>& plans() {
+  static auto* cache = new std::map<PlanKey, std::unique_ptr<Plan>>();  // never destroyed: no teardown order issues
+  return *cache;
+}
 
 }  // namespace
 
@@ -130,48 +164,82 @@ void gemm(const GemmArgs& g) {
   }
 
   LtState& lt = lt_state();
-  LtCall call;
-  const cublasComputeType_t compute =
-      g.dtype_ab == DType::f32 && tf32_enabled() ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
-  KOTOBA_CUBLAS_CHECK(cublasLtMatmulDescCreate(&call.desc, compute, CUDA_R_32F));
-  // Swapped: the first cuBLAS operand is B, the second A.
-  const cublasOperation_t op_first = g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
-  const cublasOperation_t op_second = g.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
-  KOTOBA_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(call.desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_first, sizeof(op_first)));
-  KOTOBA_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(call.desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_second, sizeof(op_second)));
-  // B stored row-major (K, N) is column-major (N, K); transposed it is stored (N, K) -> (K, N).
-  call.a = g.trans_b ? make_layout(type_ab, g.k, g.n, g.ldb, g.batch, g.stride_b)
-                     : make_layout(type_ab, g.n, g.k, g.ldb, g.batch, g.stride_b);
-  call.b = g.trans_a ? make_layout(type_ab, g.m, g.k, g.lda, g.batch, g.stride_a)
-                     : make_layout(type_ab, g.k, g.m, g.lda, g.batch, g.stride_a);
-  call.c = make_layout(type_c, g.n, g.m, g.ldc, g.batch, g.stride_c);
+  const bool tf32 = g.dtype_ab == DType::f32 && tf32_enabled();
+  const PlanKey key{g.m,
+                    g.n,
+                    g.k,
+                    g.lda,
+                    g.ldb,
+                    g.ldc,
+                    g.batch > 1 ? g.stride_a : 0,
+                    g.batch > 1 ? g.stride_b : 0,
+                    g.batch > 1 ? g.stride_c : 0,
+                    g.batch,
+                    g.trans_a,
+                    g.trans_b,
+                    tf32,
+                    g.dtype_ab,
+                    g.dtype_c,
+                    alignment_of(g.a, g.stride_a, g.dtype_ab, g.batch),
+                    alignment_of(g.b, g.stride_b, g.dtype_ab, g.batch),
+                    alignment_of(g.c, g.stride_c, g.dtype_c, g.batch)};
+  Plan* plan = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(g_plans_mutex);
+    auto& cache = plans();
+    auto it = cache.find(key);
+    if (it == cache.end()) {
+      if (cache.size() >= kMaxPlans) cache.clear();
+      auto made = std::make_unique<Plan>();
+      LtCall& call = made->call;
+      const cublasComputeType_t compute = tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+      KOTOBA_CUBLAS_CHECK(cublasLtMatmulDescCreate(&call.desc, compute, CUDA_R_32F));
+      // Swapped: the first cuBLAS operand is B, the second A.
+      const cublasOperation_t op_first = g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+      const cublasOperation_t op_second = g.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+      KOTOBA_CUBLAS_CHECK(
+          cublasLtMatmulDescSetAttribute(call.desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_first, sizeof(op_first)));
+      KOTOBA_CUBLAS_CHECK(
+          cublasLtMatmulDescSetAttribute(call.desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_second, sizeof(op_second)));
+      // B stored row-major (K, N) is column-major (N, K); transposed it is stored (N, K) -> (K, N).
+      call.a = g.trans_b ? make_layout(type_ab, g.k, g.n, g.ldb, g.batch, g.stride_b)
+                         : make_layout(type_ab, g.n, g.k, g.ldb, g.batch, g.stride_b);
+      call.b = g.trans_a ? make_layout(type_ab, g.m, g.k, g.lda, g.batch, g.stride_a)
+                         : make_layout(type_ab, g.k, g.m, g.lda, g.batch, g.stride_a);
+      call.c = make_layout(type_c, g.n, g.m, g.ldc, g.batch, g.stride_c);
 
-  KOTOBA_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&call.pref));
-  uint64_t workspace = kWorkspaceBytes;
-  KOTOBA_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(call.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                                           &workspace, sizeof(workspace)));
-  uint32_t align_first = alignment_of(g.b, g.stride_b, g.dtype_ab, g.batch);
-  uint32_t align_second = alignment_of(g.a, g.stride_a, g.dtype_ab, g.batch);
-  uint32_t align_c = alignment_of(g.c, g.stride_c, g.dtype_c, g.batch);
-  KOTOBA_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(call.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
-                                                           &align_first, sizeof(align_first)));
-  KOTOBA_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(call.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
-                                                           &align_second, sizeof(align_second)));
-  KOTOBA_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(call.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
-                                                           &align_c, sizeof(align_c)));
-  KOTOBA_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(call.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
-                                                           &align_c, sizeof(align_c)));
-  cublasLtMatmulHeuristicResult_t result{};
-  int found = 0;
-  const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(lt.handle, call.desc, call.a, call.b, call.c, call.c,
-                                                               call.pref, 1, &result, &found);
-  if (status == CUBLAS_STATUS_NOT_SUPPORTED || (status == CUBLAS_STATUS_SUCCESS && found == 0)) {
-    gemm_fallback(g);  // e.g. operands less aligned than every cuBLASLt kernel needs
+      KOTOBA_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&call.pref));
+      uint64_t workspace = kWorkspaceBytes;
+      KOTOBA_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(call.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                               &workspace, sizeof(workspace)));
+      uint32_t align_first = key.align_b, align_second = key.align_a, align_c = key.align_c;
+      KOTOBA_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(call.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                                                               &align_first, sizeof(align_first)));
+      KOTOBA_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(call.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                                                               &align_second, sizeof(align_second)));
+      KOTOBA_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(call.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                                                               &align_c, sizeof(align_c)));
+      KOTOBA_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(call.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+                                                               &align_c, sizeof(align_c)));
+      cublasLtMatmulHeuristicResult_t result{};
+      int found = 0;
+      const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(lt.handle, call.desc, call.a, call.b, call.c,
+                                                                   call.c, call.pref, 1, &result, &found);
+      if (status == CUBLAS_STATUS_NOT_SUPPORTED || (status == CUBLAS_STATUS_SUCCESS && found == 0))
+        made->fallback = true;  // e.g. operands less aligned than every cuBLASLt kernel needs
+      else
+        KOTOBA_CUBLAS_CHECK(status);
+      made->algo = result.algo;
+      it = cache.emplace(key, std::move(made)).first;
+    }
+    plan = it->second.get();
+  }
+  if (plan->fallback) {
+    gemm_fallback(g);
     return;
   }
-  KOTOBA_CUBLAS_CHECK(status);
-  KOTOBA_CUBLAS_CHECK(cublasLtMatmul(lt.handle, call.desc, &g.alpha, g.b, call.a, g.a, call.b, &g.beta, g.c, call.c,
-                                     g.c, call.c, &result.algo, lt.workspace, kWorkspaceBytes,
+  KOTOBA_CUBLAS_CHECK(cublasLtMatmul(lt.handle, plan->call.desc, &g.alpha, g.b, plan->call.a, g.a, plan->call.b, &g.beta,
+                                     g.c, plan->call.c, g.c, plan->call.c, &plan->algo, lt.workspace, kWorkspaceBytes,
                                      static_cast<cudaStream_t>(stream_handle())));
 }
 
