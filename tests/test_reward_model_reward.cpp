@@ -211,7 +211,7 @@ TEST(RewardModelReward, GrpoRaisesTheScoreOfATrainedRewardModel) {
   c.num_generations = 8;
   c.max_completion_length = 8;
   c.batch = 8;
-  c.steps = 120;
+  c.steps = 200;  // 120 left seed 18216534590177773956 at +0.9 (slow start, 0 of 8 samples right); 200: +8.3
   c.lr = 1e-3;
   c.warmup = 3;
   c.checkpoint_every = 0;
@@ -233,7 +233,7 @@ TEST(RewardModelReward, GrpoRaisesTheScoreOfATrainedRewardModel) {
               "SFT and reward model)\n",
               (unsigned long long)seed, reward_before, reward_after, kt::kRuleWord, 100 * rate_before,
               100 * rate_after, (long long)result.step, ranked_right, task.test_inputs.size(), seconds, sft_seconds);
-  EXPECT_EQ(result.step, 120);
+  EXPECT_EQ(result.step, 200);
   EXPECT_GE(ranked_right, 36) << "of " << task.test_inputs.size();
   // GRPO optimises what the reward model scores: its mean on held-out samples rises far. (Whether the
   // samples then follow the rule depends on the proxy: a policy may find replies the small reward
