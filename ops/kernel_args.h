@@ -166,10 +166,12 @@ struct RopeArgs {
 
 // Fused softmax + cross-entropy over logits (N, V) with targets (N) i32; ignore_index rows
 // give loss 0. losses (N) f32. If dlogits is set it receives grad_scale * (softmax - onehot)
-// (0 for ignored rows); it may alias logits, which then are overwritten.
+// (0 for ignored rows), times row_scale[n] per row when row_scale (N) f32 is set (per-token
+// upstream gradients, e.g. of log-probabilities); it may alias logits, which then are overwritten.
 struct CrossEntropyArgs {
   const void* logits; const int32_t* targets; float* losses; void* dlogits;
   int64_t rows, vocab; int32_t ignore_index; float grad_scale; DType dtype;
+  const float* row_scale = nullptr;
 };
 
 // Inverted dropout with a counter-based mask: element i is kept when

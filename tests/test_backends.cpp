@@ -662,7 +662,8 @@ void case_rope(Ctx& c) {
 
 void case_cross_entropy(Ctx& c) {
   const int64_t rows = 17, V = 1003;
-  for (bool alias : {false, true}) {
+  for (bool alias : {false, true})
+    for (bool per_row : {false, true}) {
     Buf X(c.dt, rows * V), T(DType::i32, rows), L(DType::f32, rows), dX(c.dt, rows * V);
     X.set(c.uniform(X.size(), -6, 6));
     auto t = c.ints(rows, 0, int(V - 1));
@@ -672,11 +673,15 @@ void case_cross_entropy(Ctx& c) {
     L.set(c.uniform(rows, -1, 1));
     dX.set(c.uniform(dX.size(), -1, 1));
     const float gs = 1.0f / 15.0f;
-    CrossEntropyArgs a{X.h(), T.h_as<int32_t>(), L.h_as<float>(), alias ? X.h() : dX.h(), rows, V, -100, gs, c.dt};
+    Buf S(DType::f32, rows);  // per-row scales, signs mixed (as -dlogp)
+    S.set(c.uniform(rows, -2, 2));
+    CrossEntropyArgs a{X.h(), T.h_as<int32_t>(), L.h_as<float>(), alias ? X.h() : dX.h(), rows, V, -100, gs, c.dt,
+                       per_row ? S.h_as<float>() : nullptr};
     cpu().cross_entropy(a);
-    a = {X.d(), T.d_as<int32_t>(), L.d_as<float>(), alias ? X.d() : dX.d(), rows, V, -100, gs, c.dt};
+    a = {X.d(), T.d_as<int32_t>(), L.d_as<float>(), alias ? X.d() : dX.d(), rows, V, -100, gs, c.dt,
+         per_row ? S.d_as<float>() : nullptr};
     gpu().cross_entropy(a);
-    c.label = std::string("cross_entropy") + (alias ? " dlogits aliasing logits" : "");
+    c.label = std::string("cross_entropy") + (alias ? " dlogits aliasing logits" : "") + (per_row ? " row_scale" : "");
     expect_close(c, "losses", L, tol_for(c.dt, {2e-5f, 2e-5f}, {2e-5f, 2e-5f}));
     expect_close(c, "dlogits", alias ? X : dX, tol_for(c.dt, {1e-7f, 1e-5f}, {1e-5f, 1e-2f}));
   }

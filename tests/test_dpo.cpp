@@ -177,6 +177,47 @@ TEST(DpoLogprobs, TokenLogprobsAndGradient) {
   }
 }
 
+// On a GPU the log-probabilities come from the fused cross-entropy kernel (no host round trip):
+// values and gradients as on the CPU, for f32 and bf16 logits, a gradient accumulated into one
+// already there, ignored tokens 0.
+TEST(DpoLogprobs, CudaTokenLogprobsEqualTheCpus) {
+  KOTOBA_SKIP_WITHOUT_CUDA();
+  Generator gen(kt::test_seed());
+  const int64_t B = 3, T = 7, V = 301;
+  Tensor host = Tensor::empty({B, T, V});
+  nn::init_normal(host, 3.0f, gen);
+  std::vector<int32_t> ids(size_t(B * T));
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = i % 5 == 2 ? -100 : int32_t(gen.uniform() * float(V)) % int32_t(V);
+  Tensor targets = Tensor::from_vector_i32(ids, {B, T});
+  std::vector<float> weights(size_t(B * T));
+  for (auto& w : weights) w = 2 * gen.uniform() - 1;
+  for (DType dtype : {DType::f32, DType::bf16}) {
+    SCOPED_TRACE(dtype_name(dtype));
+    auto run = [&](Device device, std::vector<float>& grad) {
+      Tensor logits = to_device(host.to(dtype), device);
+      logits.set_requires_grad(true);
+      Tensor w = to_device(Tensor::from_vector(weights, {B, T}), device);
+      // Used twice, so the second backward pass accumulates into the first one's gradient.
+      Tensor total = add(sum(mul(train::token_logprobs(logits, targets), w)),
+                         sum(train::token_logprobs(logits, on_device(targets, device))));
+      total.backward();
+      grad = logits.grad().to_vector();
+      return train::token_logprobs(logits, targets).to_vector();
+    };
+    std::vector<float> cpu_grad, gpu_grad;
+    const std::vector<float> cpu = run(Device::cpu, cpu_grad), gpu = run(Device::cuda, gpu_grad);
+    ASSERT_EQ(cpu.size(), gpu.size());
+    for (size_t i = 0; i < cpu.size(); ++i) {
+      EXPECT_NEAR(gpu[i], cpu[i], 1e-4 * (1 + std::fabs(cpu[i]))) << i;
+      if (ids[i] == -100) {
+        EXPECT_EQ(gpu[i], 0.0f) << i;
+      }
+    }
+    const float tol = dtype == DType::bf16 ? 2e-2f : 1e-5f;
+    for (size_t i = 0; i < cpu_grad.size(); ++i) EXPECT_NEAR(gpu_grad[i], cpu_grad[i], tol * (1 + std::fabs(cpu_grad[i]))) << i;
+  }
+}
+
 // A LoRA policy's reference is its base: under LoraDisabled the adapted model computes exactly
 // what the model without adapters does, and afterwards the adapters are back.
 TEST(DpoLora, DisabledAdaptersGiveTheBase) {

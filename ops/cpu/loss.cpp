@@ -49,10 +49,11 @@ void cross_entropy_impl(const CrossEntropyArgs& a) {
     const float x_target = valid ? to_f32(x[target]) : __builtin_nanf("");  // read before dx overwrites it
     a.losses[n] = lse - x_target;
     if (!dx) continue;
-    const Vec vl = vset(lse), vg = vset(a.grad_scale);
+    const float g = a.row_scale ? a.grad_scale * a.row_scale[n] : a.grad_scale;
+    const Vec vl = vset(lse), vg = vset(g);
     for (j = 0; j + kLanes <= V; j += kLanes) vstore(dx + j, vexp(vload(x + j) - vl) * vg);
-    for (; j < V; ++j) dx[j] = from_f32<T>(a.grad_scale * expf(to_f32(x[j]) - lse));
-    if (valid) dx[target] = from_f32<T>(a.grad_scale * (expf(x_target - lse) - 1.0f));
+    for (; j < V; ++j) dx[j] = from_f32<T>(g * expf(to_f32(x[j]) - lse));
+    if (valid) dx[target] = from_f32<T>(g * (expf(x_target - lse) - 1.0f));
   }
 }
 

@@ -167,7 +167,7 @@ constexpr int kCeThreads = 256;
 
 template <typename T>
 __global__ void cross_entropy_kernel(const T* logits, const int32_t* targets, float* losses, T* dlogits, int64_t V,
-                                     int32_t ignore_index, float grad_scale) {
+                                     int32_t ignore_index, float grad_scale, const float* row_scale) {
   __shared__ float shared[32];
   const int64_t row = blockIdx.x;
   const T* xr = logits + row * V;
@@ -191,6 +191,7 @@ __global__ void cross_entropy_kernel(const T* logits, const int32_t* targets, fl
     for (int64_t j = threadIdx.x; j < V; j += blockDim.x) dr[j] = from_f32<T>(0.0f);
     return;
   }
+  if (row_scale) grad_scale *= row_scale[row];
   // Each thread rereads only the elements it then overwrites.
   for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
     const float p = expf(to_f32(xr[j]) - lse);
@@ -281,7 +282,7 @@ void cross_entropy(const CrossEntropyArgs& a) {
     // blocks one per row; rows beyond 2^31 would need a loop, far beyond any batch.
     cross_entropy_kernel<T><<<unsigned(a.rows), kCeThreads, 0, stream()>>>(
         static_cast<const T*>(a.logits), a.targets, a.losses, static_cast<T*>(a.dlogits), a.vocab, a.ignore_index,
-        a.grad_scale);
+        a.grad_scale, a.row_scale);
   });
   KOTOBA_CUDA_LAUNCHED();
 }
