@@ -274,6 +274,52 @@ TEST(GrpoTrainer, ResumedRunEqualsUninterruptedRun) {
   for (auto& [name, t] : a.tensors) EXPECT_EQ(t.to_vector(), b.tensors.at(name).to_vector()) << name;
 }
 
+// On a GPU the first step (the same seeds draw the same completions from logits that agree to
+// rounding) gives the CPU's reward and loss (full with a reference copy, and LoRA), and a run
+// checkpointed on the CPU resumes on the GPU and writes its model.
+TEST(GrpoTrainer, CudaRunMatchesTheCpuRun) {
+  KOTOBA_SKIP_WITHOUT_CUDA();
+  const uint64_t seed = kt::test_seed();
+  const fs::path root = scratch("cuda");
+  kt::RuleTask task = kt::make_rule_task(seed, 24, 1);
+  const fs::path base = kt::make_rule_base_model(root, task, seed);
+  std::vector<data::PreferencePair> prompts = kt::rule_pairs(task, seed);
+  for (int64_t lora_r : {0, 4}) {
+    SCOPED_TRACE(lora_r ? "LoRA" : "full");
+    train::GrpoConfig c;
+    c.model = base.string();
+    c.chat_template = "plain";
+    c.reward = "contains:a";
+    c.num_generations = 4;
+    c.max_completion_length = 6;
+    c.batch = 2;
+    c.steps = 1;
+    c.lr = 1e-3;
+    c.beta = 0.04;
+    c.lora_r = lora_r;
+    c.checkpoint_every = 1;
+    c.out = (root / ("cpu" + std::to_string(lora_r))).string();
+    const train::GrpoResult cpu = train::GrpoTrainer(c, prompts, {}, {.progress = false}).run();
+    c.device = "cuda";
+    c.out = (root / ("gpu" + std::to_string(lora_r))).string();
+    const train::GrpoResult gpu = train::GrpoTrainer(c, prompts, {}, {.progress = false}).run();
+    ASSERT_TRUE(cpu.finished && gpu.finished);
+    EXPECT_EQ(gpu.train.reward, cpu.train.reward) << "the same completions were expected";
+    EXPECT_NEAR(gpu.train.loss, cpu.train.loss, 1e-3 * (1 + std::fabs(cpu.train.loss)));
+
+    c.steps = 3;
+    c.device = "cpu";
+    c.out = (root / ("mixed" + std::to_string(lora_r))).string();
+    train::GrpoTrainer(c, prompts, {}, {.progress = false}).run(/*stop_after_step=*/1);
+    c.device = "cuda";
+    train::GrpoTrainer resumed(c, prompts, {}, {.progress = false});
+    resumed.resume();
+    const train::GrpoResult after = resumed.run();
+    EXPECT_TRUE(after.finished && std::isfinite(after.train.loss));
+    EXPECT_TRUE(fs::exists(fs::path(lora_r ? after.adapter_dir : after.model_dir)));
+  }
+}
+
 TEST(GrpoErrors, DivergenceStopsAndKeepsTheCheckpoint) {
   const uint64_t seed = kt::test_seed();
   const fs::path root = scratch("nan");

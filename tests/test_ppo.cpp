@@ -145,6 +145,52 @@ TEST(PpoTrainer, ResumedRunEqualsUninterruptedRun) {
   }
 }
 
+// On a GPU the first update (the same seeds draw the same replies from logits that agree to
+// rounding) gives the CPU's score and losses (full with a reference copy, and LoRA; the value head
+// on the GPU too), and a run checkpointed on the CPU resumes on the GPU.
+TEST(PpoTrainer, CudaRunMatchesTheCpuRun) {
+  KOTOBA_SKIP_WITHOUT_CUDA();
+  const uint64_t seed = kt::test_seed();
+  const fs::path root = scratch("cuda");
+  kt::RuleTask task = kt::make_rule_task(seed, 12, 1);
+  const fs::path base = kt::make_rule_base_model(root, task, seed);
+  std::vector<data::PreferencePair> prompts = kt::rule_pairs(task, seed);
+  for (int64_t lora_r : {0, 4}) {
+    SCOPED_TRACE(lora_r ? "LoRA" : "full");
+    train::PpoConfig c;
+    c.model = base.string();
+    c.chat_template = "plain";
+    c.reward = "contains:a";
+    c.response_length = 6;
+    c.batch = 4;
+    c.num_mini_batches = 2;
+    c.steps = 1;
+    c.lr = 1e-3;
+    c.lora_r = lora_r;
+    c.checkpoint_every = 1;
+    c.out = (root / ("cpu" + std::to_string(lora_r))).string();
+    const train::PpoResult cpu = train::PpoTrainer(c, prompts, {}, {.progress = false}).run();
+    c.device = "cuda";
+    c.out = (root / ("gpu" + std::to_string(lora_r))).string();
+    const train::PpoResult gpu = train::PpoTrainer(c, prompts, {}, {.progress = false}).run();
+    ASSERT_TRUE(cpu.finished && gpu.finished);
+    EXPECT_EQ(gpu.train.score, cpu.train.score) << "the same replies were expected";
+    EXPECT_NEAR(gpu.train.pg_loss, cpu.train.pg_loss, 1e-3 * (1 + std::fabs(cpu.train.pg_loss)));
+    EXPECT_NEAR(gpu.train.vf_loss, cpu.train.vf_loss, 1e-3 * (1 + std::fabs(cpu.train.vf_loss)));
+    EXPECT_TRUE(fs::exists(gpu.value_head_path));
+
+    c.steps = 3;
+    c.device = "cpu";
+    c.out = (root / ("mixed" + std::to_string(lora_r))).string();
+    train::PpoTrainer(c, prompts, {}, {.progress = false}).run(/*stop_after_update=*/1);
+    c.device = "cuda";
+    train::PpoTrainer resumed(c, prompts, {}, {.progress = false});
+    resumed.resume();
+    const train::PpoResult after = resumed.run();
+    EXPECT_TRUE(after.finished && std::isfinite(after.train.pg_loss));
+  }
+}
+
 TEST(PpoErrors, DivergenceStopsAndKeepsTheCheckpoint) {
   const uint64_t seed = kt::test_seed();
   const fs::path root = scratch("nan");

@@ -223,12 +223,14 @@ std::span<const ConfigField<GrpoConfig>> grpo_config_fields() {
       {"log_every", &C::log_every, "steps between loss.csv rows", false},
       {"seed", &C::seed, "seed of the prompt order, sampling and LoRA init", true},
       {"threads", &C::threads, "CPU threads (0: all cores)", false},
+      {"device", &C::device, "where the policy trains: cpu or cuda", false},
       {"out", &C::out, "output directory", false},
   };
   return fields;
 }
 
 void validate_grpo_config(const GrpoConfig& c) {
+  parse_device(c.device, "grpo config: 'device'");
   auto positive = [](int64_t v, const char* name) {
     KOTOBA_CHECK(v > 0, "grpo config: '", name, "' must be positive, got ", v);
   };
@@ -421,6 +423,12 @@ void GrpoTrainer::setup(std::vector<data::PreferencePair> prompts, std::vector<d
   for (auto& [name, p] : model.named_parameters())
     if (p.requires_grad()) trainable.emplace_back(name, p);
   for (auto& [name, p] : trainable) s.trainable.push_back(p);
+  // Before the optimizer: its moments are made beside the parameters (Module::to keeps the
+  // tensors' identity, so `trainable` follows the move).
+  if (const Device device = parse_device(config_.device, "grpo config: 'device'"); device != Device::cpu) {
+    model.to(device);
+    if (s.reference.model) s.reference.model->to(device);
+  }
   s.optimizer = std::make_unique<AdamW>(trainable, AdamWConfig{.lr = float(s.lr), .beta1 = float(config_.beta1),
                                                                .beta2 = float(config_.beta2), .eps = float(config_.eps),
                                                                .weight_decay = float(config_.weight_decay)});

@@ -133,6 +133,7 @@ struct GrpoConfig {
   int64_t log_every = 10;
   int64_t seed = 42;
   int64_t threads = 0;
+  std::string device = "cpu";  // where the policy (and its reference) runs: "cpu" or "cuda"
   std::string out = "grpo-run";
 };
 

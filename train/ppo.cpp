@@ -100,12 +100,14 @@ std::span<const ConfigField<PpoConfig>> ppo_config_fields() {
       {"log_every", &C::log_every, "updates between loss.csv rows", false},
       {"seed", &C::seed, "seed of the prompt order, sampling, minibatches and LoRA init", true},
       {"threads", &C::threads, "CPU threads (0: all cores)", false},
+      {"device", &C::device, "where the policy trains: cpu or cuda", false},
       {"out", &C::out, "output directory", false},
   };
   return fields;
 }
 
 void validate_ppo_config(const PpoConfig& c) {
+  parse_device(c.device, "ppo config: 'device'");
   auto positive = [](int64_t v, const char* name) {
     KOTOBA_CHECK(v > 0, "ppo config: '", name, "' must be positive, got ", v);
   };
@@ -350,6 +352,13 @@ void PpoTrainer::setup(std::vector<data::PreferencePair> prompts, std::vector<da
   trainable.emplace_back(kValueHeadWeight, s.value_head->weight);
   trainable.emplace_back(kValueHeadBias, s.value_head->bias);
   for (auto& [name, p] : trainable) s.trainable.push_back(p);
+  // Before the optimizer: its moments are made beside the parameters (Module::to keeps the
+  // tensors' identity, so `trainable` follows the move).
+  if (const Device device = parse_device(config_.device, "ppo config: 'device'"); device != Device::cpu) {
+    model.to(device);
+    s.value_head->to(device);
+    if (s.reference.model) s.reference.model->to(device);
+  }
   s.optimizer = std::make_unique<AdamW>(trainable, AdamWConfig{.lr = float(s.lr), .beta1 = float(config_.beta1),
                                                                .beta2 = float(config_.beta2), .eps = float(config_.eps),
                                                                .weight_decay = float(config_.weight_decay)});
@@ -537,15 +546,16 @@ PpoResult PpoTrainer::run(int64_t stop_after_update) {
       std::vector<size_t> rows;
       for (size_t i = begin; i < std::min(samples.size(), begin + size_t(micro)); ++i) rows.push_back(i);
       ColumnBatch b = column_batch(samples, rows, s.pad_id);
-      Tensor hidden = model.hidden_states(b.ids);
+      const Tensor ids = on_device(b.ids, model.device());  // columns are built on the host
+      Tensor hidden = model.hidden_states(ids);
       const std::vector<float> lp = tempered_logprobs(model.head_logits(hidden), b.targets, c.temperature).to_vector();
       const std::vector<float> v = value_head.forward(hidden).to_vector();  // (B, S, 1)
       std::vector<float> ref;
       if (s.reference.model) {
-        ref = tempered_logprobs(s.reference.model->logits(b.ids), b.targets, c.temperature).to_vector();
+        ref = tempered_logprobs(s.reference.model->logits(ids), b.targets, c.temperature).to_vector();
       } else {
         nn::LoraDisabled off(model);
-        ref = tempered_logprobs(model.logits(b.ids), b.targets, c.temperature).to_vector();
+        ref = tempered_logprobs(model.logits(ids), b.targets, c.temperature).to_vector();
       }
       for (size_t i = 0; i < rows.size(); ++i) {
         Sample& smp = samples[rows[i]];
@@ -671,7 +681,7 @@ PpoResult PpoTrainer::run(int64_t stop_after_update) {
           const size_t begin = size_t((mb * c.grad_accum + a) * micro);
           std::span<const size_t> rows(order.data() + begin, size_t(micro));
           ColumnBatch b = column_batch(samples, rows, s.pad_id);
-          Tensor hidden = model.hidden_states(b.ids);
+          Tensor hidden = model.hidden_states(on_device(b.ids, model.device()));
           Tensor logp = tempered_logprobs(model.head_logits(hidden), b.targets, c.temperature);
           Tensor values = reshape(value_head.forward(hidden), {b.ids.size(0), b.S});
           PpoLossStats st;

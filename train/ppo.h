@@ -97,6 +97,7 @@ struct PpoConfig {
   int64_t log_every = 1;
   int64_t seed = 42;
   int64_t threads = 0;
+  std::string device = "cpu";  // where the policy (its reference and value head too) runs: "cpu" or "cuda"
   std::string out = "ppo-run";
 };
 

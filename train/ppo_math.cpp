@@ -27,14 +27,20 @@ std::vector<float> host_values(const Tensor& t, const Shape& shape, const char* 
   return t.to_vector();
 }
 
-// Writes `grad * upstream` into the gradient of the tensor `meta` belongs to.
-void deliver(const std::shared_ptr<AutogradMeta>& meta, const Shape& shape, const std::vector<float>& grad,
-             float upstream) {
+// Writes `grad * upstream` into the gradient of the tensor `meta` belongs to, on its device (the
+// (B, T) gradient is made on the host and copied over: a few KB).
+void deliver(const std::shared_ptr<AutogradMeta>& meta, const Shape& shape, Device device,
+             const std::vector<float>& grad, float upstream) {
   if (!meta || !meta->requires_grad) return;
-  GradTarget target = grad_target(meta, shape, DType::f32, Device::cpu);
-  KOTOBA_CHECK(target.tensor.device() == Device::cpu, "ppo_loss: gradients are computed on the CPU");
-  float* g = target.tensor.data<float>();
-  for (size_t i = 0; i < grad.size(); ++i) g[i] = (target.accumulate ? g[i] : 0.0f) + upstream * grad[i];
+  GradTarget target = grad_target(meta, shape, DType::f32, device);
+  if (device == Device::cpu) {
+    float* g = target.tensor.data<float>();
+    for (size_t i = 0; i < grad.size(); ++i) g[i] = (target.accumulate ? g[i] : 0.0f) + upstream * grad[i];
+    return;
+  }
+  std::vector<float> g = target.accumulate ? target.tensor.to_vector() : std::vector<float>(grad.size(), 0.0f);
+  for (size_t i = 0; i < grad.size(); ++i) g[i] += upstream * grad[i];
+  target.tensor.copy_from(Tensor::from_vector(g, shape));
 }
 
 }  // namespace
@@ -182,15 +188,17 @@ Tensor ppo_loss(const Tensor& logprobs, const Tensor& values, const PpoTargets& 
   s.loss = s.pg_loss + config.vf_coef * s.vf_loss;
   if (stats) *stats = s;
 
-  Tensor loss = Tensor::full({}, float(s.loss));
+  const Device device = logprobs.device();
+  Tensor loss = Tensor::full({}, float(s.loss), DType::f32, device);
   auto logp_meta = logprobs.autograd_meta();
   auto values_meta = values.defined() ? values.autograd_meta() : nullptr;
+  const Device values_device = values.defined() ? values.device() : device;
   return record("ppo_loss", loss, {&logprobs, &values},
-                [logp_meta, values_meta, shape, dlogp = std::move(dlogp), dvalues = std::move(dvalues)](
-                    const Tensor& grad_output) {
+                [logp_meta, values_meta, shape, device, values_device, dlogp = std::move(dlogp),
+                 dvalues = std::move(dvalues)](const Tensor& grad_output) {
                   const float upstream = grad_output.to_vector()[0];
-                  deliver(logp_meta, shape, dlogp, upstream);
-                  if (!dvalues.empty()) deliver(values_meta, shape, dvalues, upstream);
+                  deliver(logp_meta, shape, device, dlogp, upstream);
+                  if (!dvalues.empty()) deliver(values_meta, shape, values_device, dvalues, upstream);
                 });
 }
 
