@@ -1,6 +1,9 @@
 // Fused scaled-dot-product attention ops: the general (B, H, T, D) form and the GPT-style
 // packed-QKV form that reads q/k/v in place and writes its gradient into one (B, T, 3C) buffer.
+#include <atomic>
 #include <cmath>
+#include <cstdlib>
+#include <string>
 
 #include "ops/backend.h"
 #include "ops/ops.h"
@@ -48,7 +51,156 @@ Tensor checked_segment_ids(const Tensor& segment_ids, int64_t B, int64_t T, int6
 
 const int32_t* i32_or_null(const Tensor& t) { return t.defined() ? static_cast<const int32_t*>(t.raw()) : nullptr; }
 
+// ---- attention through matrix products ----
+
+std::atomic<int> g_algorithm{-1};  // -1: not read from the environment yet
+
+AttentionAlgorithm algorithm_from_environment() {
+  const char* env = std::getenv("KOTOBA_ATTENTION");
+  if (!env || !*env) return AttentionAlgorithm::automatic;
+  const std::string name(env);
+  if (name == "fused") return AttentionAlgorithm::fused;
+  if (name == "matmul") return AttentionAlgorithm::matmul;
+  if (name == "automatic") return AttentionAlgorithm::automatic;
+  throw Error(detail::concat("KOTOBA_ATTENTION: expected fused, matmul or automatic, got \"", name, "\""));
+}
+
+// Whether this call runs as matrix products (see AttentionAlgorithm in ops/ops.h).
+bool use_matmul(const AttentionForwardArgs& a, Device device) {
+  if (a.key_mask || a.window > 0 || a.segment_ids) return false;
+  const AttentionAlgorithm algorithm = attention_algorithm();
+  if (algorithm != AttentionAlgorithm::automatic) return algorithm == AttentionAlgorithm::matmul;
+  const double bytes = double(a.batch * a.heads) * double(a.q_len * a.kv_len) * double(4 + dtype_bytes(a.dtype, 1));
+  return device != Device::cpu && a.q_len >= 128 && bytes <= double(int64_t(4) << 30);
+}
+
+const char* offset(const void* p, int64_t elements, DType dt) {
+  return static_cast<const char*>(p) + int64_t(dtype_bytes(dt, 1)) * elements;
+}
+char* offset(void* p, int64_t elements, DType dt) { return static_cast<char*>(p) + int64_t(dtype_bytes(dt, 1)) * elements; }
+
+// Calls body(b, kv_head, first query head, heads) once per gemm: per batch entry one batched
+// call over all heads when every query head has its own kv head, else one per kv-head group.
+template <typename Body>
+void for_head_groups(int64_t B, int64_t H, int64_t Hkv, Body body) {
+  const int64_t G = H / Hkv;
+  for (int64_t b = 0; b < B; ++b) {
+    if (G == 1) {
+      body(b, int64_t(0), int64_t(0), H);
+    } else {
+      for (int64_t g = 0; g < Hkv; ++g) body(b, g, g * G, G);
+    }
+  }
+}
+
+GemmArgs gemm_args(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const void* a, int64_t lda,
+                   int64_t sa, const void* b, int64_t ldb, int64_t sb, float beta, void* c, int64_t ldc, int64_t sc,
+                   int64_t batch, DType dtype_ab, DType dtype_c) {
+  return GemmArgs{ta, tb, m, n, k, alpha, a, lda, sa, b, ldb, sb, beta, c, ldc, sc, batch, dtype_ab, dtype_c};
+}
+
+// scores (B, H, T, S) f32 = scale q k^T; P = the masked softmax in the operands' dtype; out = P v.
+// Returns P for the backward.
+Tensor matmul_attention_forward(const AttentionForwardArgs& a, Device device) {
+  const int64_t B = a.batch, H = a.heads, Hkv = a.kv_heads, T = a.q_len, S = a.kv_len, D = a.head_dim;
+  const bool shared_kv = H != Hkv;  // a group's query heads read one kv head: stride 0 over the batch
+  const DType dt = a.dtype;
+  Tensor probs = Tensor::empty({B, H, T, S}, dt, device);
+  if (probs.numel() == 0) return probs;
+  {
+    Tensor scores = Tensor::empty({B, H, T, S}, DType::f32, device);
+    for_head_groups(B, H, Hkv, [&](int64_t b, int64_t g, int64_t h0, int64_t heads) {
+      GemmArgs qk = gemm_args(false, true, T, S, D, a.scale, offset(a.q, b * a.q_strides.batch + h0 * a.q_strides.head, dt),
+                              a.q_strides.token, a.q_strides.head,
+                              offset(a.k, b * a.k_strides.batch + g * a.k_strides.head, dt), a.k_strides.token,
+                              shared_kv ? 0 : a.k_strides.head, 0.0f, scores.data<float>() + (b * H + h0) * T * S, S,
+                              T * S, heads, dt, DType::f32);
+      KOTOBA_DISPATCH(device, gemm, qk);
+    });
+    AttentionSoftmaxArgs sm{scores.data<float>(), probs.raw(), B * H * T, S, T, a.causal, dt};
+    KOTOBA_DISPATCH(device, attention_softmax, sm);
+  }
+  for_head_groups(B, H, Hkv, [&](int64_t b, int64_t g, int64_t h0, int64_t heads) {
+    GemmArgs pv = gemm_args(false, false, T, D, S, 1.0f, offset(probs.raw(), (b * H + h0) * T * S, dt), S, T * S,
+                            offset(a.v, b * a.v_strides.batch + g * a.v_strides.head, dt), a.v_strides.token,
+                            shared_kv ? 0 : a.v_strides.head, 0.0f,
+                            offset(a.out, b * a.out_strides.batch + h0 * a.out_strides.head, dt), a.out_strides.token,
+                            a.out_strides.head, heads, dt, dt);
+    KOTOBA_DISPATCH(device, gemm, pv);
+  });
+  return probs;
+}
+
+// From P: dV = P^T dO, dS = P (dP - rowsum(dP P)) with dP = dO V^T, dQ = scale dS K,
+// dK = scale dS^T Q. A kv head shared by a group sums its query heads' terms (one gemm each,
+// adding). Written (=) unless a.accumulate, as the fused kernel.
+void matmul_attention_backward(const AttentionBackwardArgs& a, const Tensor& probs, Device device) {
+  const int64_t B = a.batch, H = a.heads, Hkv = a.kv_heads, T = a.q_len, S = a.kv_len, D = a.head_dim;
+  const int64_t G = H / Hkv;
+  const bool shared_kv = G > 1;
+  const DType dt = a.dtype;
+  const float beta = a.accumulate ? 1.0f : 0.0f;
+  if (probs.numel() == 0) return;
+  const void* P = probs.raw();
+  // dV, and later dK: (S, D) per kv head = sum over its query heads of X^T (S, T) Y (T, D)
+  auto kv_gradient = [&](void* dst, const Strides4& dst_strides, const void* x, float alpha, const void* y,
+                         const Strides4& y_strides) {
+    for (int64_t b = 0; b < B; ++b) {
+      if (!shared_kv) {
+        GemmArgs g = gemm_args(true, false, S, D, T, alpha, offset(x, b * H * T * S, dt), S, T * S,
+                               offset(y, b * y_strides.batch, dt), y_strides.token, y_strides.head, beta,
+                               offset(dst, b * dst_strides.batch, dt), dst_strides.token, dst_strides.head, H, dt, dt);
+        KOTOBA_DISPATCH(device, gemm, g);
+        continue;
+      }
+      for (int64_t h = 0; h < H; ++h) {
+        const int64_t g = h / G;
+        GemmArgs one = gemm_args(true, false, S, D, T, alpha, offset(x, (b * H + h) * T * S, dt), S, 0,
+                                 offset(y, b * y_strides.batch + h * y_strides.head, dt), y_strides.token, 0,
+                                 (h % G == 0) ? beta : 1.0f,
+                                 offset(dst, b * dst_strides.batch + g * dst_strides.head, dt), dst_strides.token, 0, 1,
+                                 dt, dt);
+        KOTOBA_DISPATCH(device, gemm, one);
+      }
+    }
+  };
+  if (a.dv) kv_gradient(a.dv, a.dv_strides, P, 1.0f, a.dout, a.dout_strides);
+  if (!a.dq && !a.dk) return;
+  Tensor ds = Tensor::empty({B, H, T, S}, dt, device);
+  for_head_groups(B, H, Hkv, [&](int64_t b, int64_t g, int64_t h0, int64_t heads) {
+    GemmArgs dp = gemm_args(false, true, T, S, D, 1.0f,
+                            offset(a.dout, b * a.dout_strides.batch + h0 * a.dout_strides.head, dt), a.dout_strides.token,
+                            a.dout_strides.head, offset(a.v, b * a.v_strides.batch + g * a.v_strides.head, dt),
+                            a.v_strides.token, shared_kv ? 0 : a.v_strides.head, 0.0f,
+                            offset(ds.raw(), (b * H + h0) * T * S, dt), S, T * S, heads, dt, dt);
+    KOTOBA_DISPATCH(device, gemm, dp);
+  });
+  SoftmaxBackwardArgs sb{P, ds.raw(), ds.raw(), B * H * T, S, false, dt};  // in place: each element read, then written
+  KOTOBA_DISPATCH(device, softmax_backward, sb);
+  if (a.dq)
+    for_head_groups(B, H, Hkv, [&](int64_t b, int64_t g, int64_t h0, int64_t heads) {
+      GemmArgs dq = gemm_args(false, false, T, D, S, a.scale, offset(ds.raw(), (b * H + h0) * T * S, dt), S, T * S,
+                              offset(a.k, b * a.k_strides.batch + g * a.k_strides.head, dt), a.k_strides.token,
+                              shared_kv ? 0 : a.k_strides.head, beta,
+                              offset(a.dq, b * a.dq_strides.batch + h0 * a.dq_strides.head, dt), a.dq_strides.token,
+                              a.dq_strides.head, heads, dt, dt);
+      KOTOBA_DISPATCH(device, gemm, dq);
+    });
+  if (a.dk) kv_gradient(a.dk, a.dk_strides, ds.raw(), a.scale, a.q, a.q_strides);
+}
+
 }  // namespace
+
+void set_attention_algorithm(AttentionAlgorithm algorithm) { g_algorithm = int(algorithm); }
+
+AttentionAlgorithm attention_algorithm() {
+  int value = g_algorithm.load();
+  if (value < 0) {
+    value = int(algorithm_from_environment());
+    g_algorithm = value;
+  }
+  return AttentionAlgorithm(value);
+}
 
 // q (B, H, T, D), k/v (B, Hkv, S, D) -> out (B, H, T, D); lse (B, H, T) f32 saved for the backward.
 Tensor scaled_dot_product_attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, bool causal,
@@ -76,18 +228,25 @@ Tensor scaled_dot_product_attention(const Tensor& q_in, const Tensor& k_in, cons
   if (std::isnan(scale)) scale = 1.0f / std::sqrt(float(D));
   const DType dt = q.dtype();
   Tensor out = Tensor::empty({B, H, T, D}, dt, q.device());
-  Tensor lse = Tensor::empty({B, H, T}, DType::f32, q.device());
-  AttentionForwardArgs fa{q.raw(), k.raw(), v.raw(), out.raw(), static_cast<float*>(lse.raw()),
+  AttentionForwardArgs fa{q.raw(), k.raw(), v.raw(), out.raw(), nullptr,
                           strides4(q), strides4(k), strides4(v), strides4(out),
                           key_mask.defined() ? static_cast<const int32_t*>(key_mask.raw()) : nullptr,
                           B, H, Hkv, T, S, D, scale, causal, dt, window, i32_or_null(segment_ids)};
-  KOTOBA_DISPATCH(q.device(), attention_forward, fa);
+  // The fused kernel keeps lse (B, H, T) for its backward; the matmul form keeps P (B, H, T, S).
+  Tensor lse, probs;
+  if (use_matmul(fa, q.device())) {
+    probs = matmul_attention_forward(fa, q.device());
+  } else {
+    lse = Tensor::empty({B, H, T}, DType::f32, q.device());
+    fa.lse = static_cast<float*>(lse.raw());
+    KOTOBA_DISPATCH(q.device(), attention_forward, fa);
+  }
 
   auto q_meta = q_in.autograd_meta(), k_meta = k_in.autograd_meta(), v_meta = v_in.autograd_meta();
   // Recomputes the scores tile by tile from q, k and lse (see ops/cpu/attention.cpp).
   return record(op, out, {&q_in, &k_in, &v_in},
-                [q, k, v, out, lse, key_mask, segment_ids, q_meta, k_meta, v_meta, B, H, Hkv, T, S, D, scale, causal,
-                 window](const Tensor& grad_in) {
+                [q, k, v, out, lse, probs, key_mask, segment_ids, q_meta, k_meta, v_meta, B, H, Hkv, T, S, D, scale,
+                 causal, window](const Tensor& grad_in) {
                   Tensor dout = last_dim_contiguous(grad_in);
                   const DType dt = q.dtype();
                   GradTarget targets[3] = {grad_target(q_meta, q.shape(), dt, q.device()),
@@ -107,8 +266,8 @@ Tensor scaled_dot_product_attention(const Tensor& q_in, const Tensor& k_in, cons
                                      ? Tensor::empty(targets[i].tensor.shape(), dt, q.device())
                                      : targets[i].tensor;
                   auto strides_or = [&](const Tensor& t, const Tensor& like) { return strides4(t.defined() ? t : like); };
-                  AttentionBackwardArgs ba{q.raw(), k.raw(), v.raw(), out.raw(), static_cast<const float*>(lse.raw()),
-                                           dout.raw(),
+                  AttentionBackwardArgs ba{q.raw(), k.raw(), v.raw(), out.raw(),
+                                           lse.defined() ? static_cast<const float*>(lse.raw()) : nullptr, dout.raw(),
                                            write[0].defined() ? write[0].raw() : nullptr,
                                            write[1].defined() ? write[1].raw() : nullptr,
                                            write[2].defined() ? write[2].raw() : nullptr,
@@ -117,7 +276,10 @@ Tensor scaled_dot_product_attention(const Tensor& q_in, const Tensor& k_in, cons
                                            key_mask.defined() ? static_cast<const int32_t*>(key_mask.raw()) : nullptr,
                                            B, H, Hkv, T, S, D, scale, causal, any_acc && !mixed, dt, window,
                                            i32_or_null(segment_ids)};
-                  KOTOBA_DISPATCH(q.device(), attention_backward, ba);
+                  if (probs.defined())
+                    matmul_attention_backward(ba, probs, q.device());
+                  else
+                    KOTOBA_DISPATCH(q.device(), attention_backward, ba);
                   for (int i = 0; i < 3; ++i)
                     if (targets[i] && mixed && targets[i].accumulate) {
                       AxpbyArgs add{write[i].raw(), targets[i].tensor.raw(), write[i].numel(), 1.0f, 1.0f, dt};
@@ -144,19 +306,25 @@ Tensor attention_packed_qkv(const Tensor& qkv_in, int64_t n_head, bool causal, c
   const float scale = 1.0f / std::sqrt(float(D));
   const DType dt = qkv.dtype();
   Tensor out = Tensor::empty({B, T, C}, dt, qkv.device());
-  Tensor lse = Tensor::empty({B, H, T}, DType::f32, qkv.device());
   const Strides4 in_strides{qkv.strides()[0], D, qkv.strides()[1]};
   const Strides4 out_strides{T * C, D, C};
-  AttentionForwardArgs fa{at(qkv, 0), at(qkv, C), at(qkv, 2 * C), out.raw(), static_cast<float*>(lse.raw()),
+  AttentionForwardArgs fa{at(qkv, 0), at(qkv, C), at(qkv, 2 * C), out.raw(), nullptr,
                           in_strides, in_strides, in_strides, out_strides,
                           key_mask.defined() ? static_cast<const int32_t*>(key_mask.raw()) : nullptr,
                           B, H, H, T, T, D, scale, causal, dt, 0, i32_or_null(segment_ids)};
-  KOTOBA_DISPATCH(qkv.device(), attention_forward, fa);
+  Tensor lse, probs;  // as in scaled_dot_product_attention
+  if (use_matmul(fa, qkv.device())) {
+    probs = matmul_attention_forward(fa, qkv.device());
+  } else {
+    lse = Tensor::empty({B, H, T}, DType::f32, qkv.device());
+    fa.lse = static_cast<float*>(lse.raw());
+    KOTOBA_DISPATCH(qkv.device(), attention_forward, fa);
+  }
 
   auto qkv_meta = qkv_in.autograd_meta();
   // The gradients of q, k and v land side by side in the (B, T, 3C) gradient of qkv.
   return record(op, out, {&qkv_in},
-                [qkv, out, lse, key_mask, segment_ids, qkv_meta, in_strides, out_strides, B, H, T, C, D, scale,
+                [qkv, out, lse, probs, key_mask, segment_ids, qkv_meta, in_strides, out_strides, B, H, T, C, D, scale,
                  causal](const Tensor& grad_in) {
                   GradTarget dqkv = grad_target(qkv_meta, qkv.shape(), qkv.dtype(), qkv.device());
                   if (!dqkv) return;
@@ -165,14 +333,17 @@ Tensor attention_packed_qkv(const Tensor& qkv_in, int64_t n_head, bool causal, c
                   const Tensor& g = dqkv.tensor;
                   const Strides4 g_strides{g.strides()[0], D, g.strides()[1]};
                   AttentionBackwardArgs ba{at(qkv, 0), at(qkv, C), at(qkv, 2 * C), out.raw(),
-                                           static_cast<const float*>(lse.raw()), dout.raw(),
+                                           lse.defined() ? static_cast<const float*>(lse.raw()) : nullptr, dout.raw(),
                                            at(g, 0), at(g, C), at(g, 2 * C),
                                            in_strides, in_strides, in_strides, out_strides, dout_strides,
                                            g_strides, g_strides, g_strides,
                                            key_mask.defined() ? static_cast<const int32_t*>(key_mask.raw()) : nullptr,
                                            B, H, H, T, T, D, scale, causal, dqkv.accumulate, qkv.dtype(), 0,
                                            i32_or_null(segment_ids)};
-                  KOTOBA_DISPATCH(qkv.device(), attention_backward, ba);
+                  if (probs.defined())
+                    matmul_attention_backward(ba, probs, qkv.device());
+                  else
+                    KOTOBA_DISPATCH(qkv.device(), attention_backward, ba);
                 });
 }
 

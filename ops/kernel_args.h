@@ -122,6 +122,14 @@ struct SoftmaxBackwardArgs {
   const void* out; const void* dout; void* dx; int64_t rows, cols; bool accumulate; DType dtype;
 };
 
+// The softmax of attention through matrix products: probs (rows, cols) in `dtype` from scores
+// (rows, cols) f32, where every `queries` consecutive rows are the queries of one (batch, head)
+// and row r is query t = r % queries. When causal, query t sees keys s <= t + (cols - queries)
+// (the fused kernel's alignment) and the other probabilities are 0; a row that sees no key is all 0.
+struct AttentionSoftmaxArgs {
+  const float* scores; void* probs; int64_t rows, cols, queries; bool causal; DType dtype;
+};
+
 // Strides of a (B, H, T, D) tensor, in elements; D is contiguous.
 struct Strides4 {
   int64_t batch, head, token;

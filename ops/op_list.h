@@ -27,6 +27,7 @@
   X(softmax_backward, SoftmaxBackwardArgs)          \
   X(attention_forward, AttentionForwardArgs)        \
   X(attention_backward, AttentionBackwardArgs)      \
+  X(attention_softmax, AttentionSoftmaxArgs)        \
   X(rope, RopeArgs)                                 \
   X(cross_entropy, CrossEntropyArgs)                \
   X(dropout_forward, DropoutArgs)                   \

@@ -74,6 +74,16 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
                                     const Tensor& key_mask = Tensor(),
                                     float scale = std::numeric_limits<float>::quiet_NaN(), int64_t window = 0,
                                     const Tensor& segment_ids = Tensor());
+// How the two attention ops compute. fused: the flash-style kernel (no T x S matrix in memory).
+// matmul: scores = scale q k^T and out = P v as strided-batched gemms (tensor cores on a GPU)
+// with the probabilities P (B, H, T, S) kept for the backward, for plain causal or full attention
+// only (no key_mask, window or segment_ids: those always run fused). automatic, the default,
+// takes matmul on a GPU for >= 128 queries whose scores and probabilities fit in 4 GiB, and fused
+// otherwise. KOTOBA_ATTENTION=fused|matmul in the environment sets it at start-up.
+enum class AttentionAlgorithm { automatic, fused, matmul };
+void set_attention_algorithm(AttentionAlgorithm algorithm);
+AttentionAlgorithm attention_algorithm();
+
 // GPT-style packed projections: qkv (B, T, 3C) laid out [q | k | v], n_head heads of C/n_head
 // -> (B, T, C). Reads q, k, v in place and writes its gradient into one (B, T, 3C) buffer.
 // segment_ids (B, T) i32 as in scaled_dot_product_attention.

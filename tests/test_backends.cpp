@@ -483,6 +483,25 @@ void case_softmax_forward(Ctx& c) {
   }
 }
 
+// Causal and full, more keys than queries (a cache) and fewer (no key for the first rows).
+void case_attention_softmax(Ctx& c) {
+  const int64_t groups = 3;
+  for (auto [queries, cols] : {std::pair<int64_t, int64_t>{37, 37}, {19, 70}, {40, 9}})
+    for (bool causal : {false, true}) {
+      const int64_t rows = groups * queries;
+      Buf S(DType::f32, rows * cols), P(c.dt, rows * cols);
+      S.set(c.uniform(S.size(), -8, 8));
+      P.set(c.uniform(P.size(), -1, 1));
+      AttentionSoftmaxArgs a{S.h_as<float>(), P.h(), rows, cols, queries, causal, c.dt};
+      cpu().attention_softmax(a);
+      a.scores = S.d_as<float>(), a.probs = P.d();
+      gpu().attention_softmax(a);
+      c.label = "attention_softmax " + std::to_string(queries) + "x" + std::to_string(cols) +
+                (causal ? " causal" : "");
+      expect_close(c, "probs", P, tol_for(c.dt, {1e-6f, 1e-5f}, {1e-4f, 1e-2f}));
+    }
+}
+
 void case_softmax_backward(Ctx& c) {
   const int64_t rows = 41, cols = 77;
   for (bool acc : {false, true}) {
@@ -783,6 +802,7 @@ const std::map<Kernel, CaseFn>& cases() {
       {Kernel::rmsnorm_backward, case_rmsnorm_backward},
       {Kernel::softmax_forward, case_softmax_forward},
       {Kernel::softmax_backward, case_softmax_backward},
+      {Kernel::attention_softmax, case_attention_softmax},
       {Kernel::attention_forward, case_attention_forward},
       {Kernel::attention_backward, case_attention_backward},
       {Kernel::rope, case_rope},

@@ -1,5 +1,6 @@
 // CPU kernels: softmax over the last dim and its backward, one row per task.
 // Accumulation: dx is written (=) unless `accumulate`, then added (+=).
+#include <algorithm>
 #include <cmath>
 
 #include "ops/cpu/kernel_util.h"
@@ -96,6 +97,33 @@ void softmax_backward_typed(const SoftmaxBackwardArgs& args) {
   }
 }
 
+template <typename T>
+void attention_softmax_typed(const AttentionSoftmaxArgs& a) {
+  T* probs = static_cast<T*>(a.probs);
+  const int64_t C = a.cols;
+#pragma omp parallel for schedule(static) if (a.rows * C > kGrain && a.rows > 1)
+  for (int64_t r = 0; r < a.rows; ++r) {
+    const float* x = a.scores + r * C;
+    T* p = probs + r * C;
+    const int64_t t = r % a.queries;
+    const int64_t visible = a.causal ? std::clamp<int64_t>(t + (C - a.queries) + 1, 0, C) : C;
+    float m = -INFINITY;
+    for (int64_t j = 0; j < visible; ++j) m = std::max(m, x[j]);
+    float sum = 0.0f;
+    for (int64_t j = 0; j < visible; ++j) sum += std::exp(x[j] - m);
+    const float inv = visible > 0 ? 1.0f / sum : 0.0f;
+    for (int64_t j = 0; j < visible; ++j) p[j] = from_f32<T>(std::exp(x[j] - m) * inv);
+    for (int64_t j = visible; j < C; ++j) p[j] = from_f32<T>(0.0f);
+  }
+}
+
+void attention_softmax(const AttentionSoftmaxArgs& args) {
+  if (args.dtype == DType::bf16)
+    attention_softmax_typed<bf16>(args);
+  else
+    attention_softmax_typed<float>(args);
+}
+
 void softmax_forward(const SoftmaxForwardArgs& args) {
   if (args.dtype == DType::bf16)
     softmax_forward_typed<bf16>(args);
@@ -114,6 +142,7 @@ void softmax_backward(const SoftmaxBackwardArgs& args) {
 void register_softmax_kernels(Backend& b) {
   b.softmax_forward = softmax_forward;
   b.softmax_backward = softmax_backward;
+  b.attention_softmax = attention_softmax;
 }
 
 }  // namespace kotoba::cpu::KOTOBA_ISA_NS

@@ -139,6 +139,27 @@ __global__ void softmax_forward_kernel(const T* x, T* out, int64_t rows, int64_t
   for (int64_t j = lane; j < cols; j += 32) orow[j] = from_f32<T>(expf(to_f32(xr[j]) - m) * inv);
 }
 
+// Attention probabilities from f32 scores, warp per row, causal rows stopping at their last key.
+template <typename T>
+__global__ void attention_softmax_kernel(const float* scores, T* probs, int64_t rows, int64_t cols, int64_t queries,
+                                         bool causal) {
+  const int lane = threadIdx.x & 31;
+  const int64_t row = int64_t(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
+  if (row >= rows) return;
+  const float* xr = scores + row * cols;
+  T* pr = probs + row * cols;
+  int64_t visible = cols;
+  if (causal) visible = min(cols, max(int64_t(0), row % queries + (cols - queries) + 1));
+  float m = -INFINITY;
+  for (int64_t j = lane; j < visible; j += 32) m = fmaxf(m, xr[j]);
+  m = warp_max(m);
+  float s = 0.0f;
+  for (int64_t j = lane; j < visible; j += 32) s += expf(xr[j] - m);
+  s = warp_sum(s);
+  const float inv = visible > 0 ? 1.0f / s : 0.0f;
+  for (int64_t j = lane; j < cols; j += 32) pr[j] = from_f32<T>(j < visible ? expf(xr[j] - m) * inv : 0.0f);
+}
+
 // y = softmax(x) gives dx = y (dout - sum(dout y)).
 template <typename T>
 __global__ void softmax_backward_kernel(const T* out, const T* dout, T* dx, int64_t rows, int64_t cols,
@@ -260,6 +281,16 @@ void softmax_forward(const SoftmaxForwardArgs& a) {
     using T = decltype(tag);
     softmax_forward_kernel<T><<<row_blocks(a.rows), 32 * kWarpsPerBlock, 0, stream()>>>(
         static_cast<const T*>(a.x), static_cast<T*>(a.out), a.rows, a.cols);
+  });
+  KOTOBA_CUDA_LAUNCHED();
+}
+
+void attention_softmax(const AttentionSoftmaxArgs& a) {
+  if (a.rows == 0 || a.cols == 0) return;
+  dispatch_float(a.dtype, "attention_softmax", [&](auto tag) {
+    using T = decltype(tag);
+    attention_softmax_kernel<T><<<row_blocks(a.rows), 32 * kWarpsPerBlock, 0, stream()>>>(
+        a.scores, static_cast<T*>(a.probs), a.rows, a.cols, a.queries, a.causal);
   });
   KOTOBA_CUDA_LAUNCHED();
 }
