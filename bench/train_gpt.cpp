@@ -345,6 +345,9 @@ int run(const Options& opt) {
       {"isa", std::string(cpu_isa())},
       {"device", std::string(device_name(opt.device))},
       {"precision", std::string(dtype_name(opt.precision))},
+      {"attention", attention_algorithm() == AttentionAlgorithm::fused    ? "fused"
+                    : attention_algorithm() == AttentionAlgorithm::matmul ? "matmul"
+                                                                          : "automatic"},
       {"threads", cfg.threads},
       {"batch", B},
       {"seq", T},
