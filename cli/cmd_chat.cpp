@@ -124,7 +124,7 @@ int cmd_chat(const cli::Args& args) {
            "  --input FILE reads messages, one {\"role\", \"content\"} JSON object per line, ending with a user\n"
            "  message, prints the reply to it and exits (--json: {\"reply\", \"finish_reason\"}).\n"
            "  Sampling defaults come from MODEL/generation_config.json, as for `kotoba generate`.\n"
-           "  --device cuda runs the model on the GPU (default cpu; quantised weights run on the CPU only).\n";
+           "  --device cuda runs the model on the GPU (default cpu; LLM.int8() weights run on the CPU only).\n";
     return 0;
   }
   Flags f = Flags::parse(args, "chat",

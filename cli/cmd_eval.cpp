@@ -31,7 +31,7 @@ int cmd_eval(const cli::Args& args) {
                  "  joined with the EOS token as `kotoba prepare` does, then cut into non-overlapping windows of\n"
                  "  T tokens (default: the model's context, at most 2048); each token after a window's first is predicted once.\n"
                  "  --json prints {\"loss\", \"perplexity\", \"tokens\"} as the last line of stdout.\n"
-                 "  --device cuda runs the model on the GPU (default cpu; quantised weights run on the CPU only).\n";
+                 "  --device cuda runs the model on the GPU (default cpu; LLM.int8() weights run on the CPU only).\n";
     return 0;
   }
   Flags f = Flags::parse(args, "eval", {"data", "seq", "batch", "threads", "device"}, {"json", "split-lines"}, 1);

@@ -227,7 +227,7 @@ int cmd_generate(const cli::Args& args) {
            "  \"ids\", \"finish_reason\", \"score\"}...]} as a line of stdout (text and ids: the new tokens of the\n"
            "  first sequence; tokens/s over the whole batch, prompts included).\n"
            "  --no-kv-cache recomputes the whole sequence for every token (for comparison; slow).\n"
-           "  --device cuda runs the model on the GPU (default cpu; quantised weights run on the CPU only).\n"
+           "  --device cuda runs the model on the GPU (default cpu; LLM.int8() weights run on the CPU only).\n"
            "  --show-probs [K] prints at each step the K (default 5) most probable next tokens (text quoted\n"
            "  and escaped, id, probability after the processors in use: softmax of the scores the token was\n"
            "  picked from) and the chosen one (marked *); with --json each sequence gets \"steps\": [{\"chosen\",\n"

@@ -11,7 +11,9 @@ Linear::Linear(int64_t in_features, int64_t out_features, bool with_bias, float 
 }
 
 Tensor Linear::forward(const Tensor& x) const {
-  Tensor y = quantized_ ? quantized_linear(x, quantized_, bias) : linear(x, weight, bias);
+  Tensor y = quantized_ ? quantized_linear(x, quantized_, bias,
+                                           quantized_device_.codes.defined() ? &quantized_device_ : nullptr)
+                        : linear(x, weight, bias);
   if (!lora_ || lora_->merged || lora_->disabled) return y;
   const LoraAdapter& a = *lora_;
   // x (..., in) -> (..., r) -> (..., out): two thin products instead of forming B A (out, in).
@@ -29,7 +31,7 @@ void Linear::attach_lora(const Tensor& A, const Tensor& B, float scaling, float 
   KOTOBA_CHECK(dropout >= 0 && dropout < 1, "Linear.attach_lora: dropout ", dropout, " is not in [0, 1)");
   detach_lora();
   auto adapter = std::make_unique<LoraAdapter>();
-  const Device device = quantized_ ? Device::cpu : weight.device();
+  const Device device = compute_device();
   adapter->A = adapter->a_module.register_parameter("weight", A.device() == device ? A : to_device(A, device));
   adapter->B = adapter->b_module.register_parameter("weight", B.device() == device ? B : to_device(B, device));
   adapter->scaling = scaling;
@@ -67,15 +69,26 @@ void Linear::set_quantized(std::shared_ptr<const quant::PackedWeight> packed) {
   if (weight.defined())
     KOTOBA_CHECK(packed->rows == weight.size(0) && packed->cols == weight.size(1), "Linear.set_quantized: a ",
                  packed->rows, " x ", packed->cols, " weight for a layer of ", weight.size(0), " x ", weight.size(1));
+  const Device device = compute_device();
   unregister_parameter("weight");
   weight = Tensor();
   quantized_ = std::move(packed);
+  quantized_device_ = device == Device::cpu ? PackedWeightOnDevice{} : PackedWeightOnDevice::make(*quantized_, device);
+}
+
+Device Linear::compute_device() const {
+  if (!quantized_) return weight.device();
+  return quantized_device_.codes.defined() ? quantized_device_.codes.device() : Device::cpu;
 }
 
 std::string Linear::device_limitation(Device device) const {
-  if (!quantized_ || device == Device::cpu) return {};
-  return detail::concat("holds a ", quant::weight_format_name(quantized_->format),
-                        "-quantised weight, and quantised weights run on the CPU only");
+  if (!quantized_ || device == Device::cpu || !quantized_->int8_activations) return {};
+  return "holds an LLM.int8() weight (int8 activations), which runs on the CPU only";
+}
+
+void Linear::moved_to(Device device) {
+  if (!quantized_ || compute_device() == device) return;
+  quantized_device_ = device == Device::cpu ? PackedWeightOnDevice{} : PackedWeightOnDevice::make(*quantized_, device);
 }
 
 void Linear::merge_lora() {

@@ -39,8 +39,10 @@ class Linear : public Module {
   void quantize(quant::WeightFormat format);
   void set_quantized(std::shared_ptr<const quant::PackedWeight> weight);
   const quant::PackedWeight* quantized() const { return quantized_.get(); }
-  // A quantised weight runs on the CPU only (quantized_linear).
+  // A quantised weight moves as a device copy of its codes and scales; LLM.int8() weights
+  // (int8 activations) run on the CPU only.
   std::string device_limitation(Device device) const override;
+  void moved_to(Device device) override;
 
   // Attaches a rank-r adapter: A (r, in) and B (out, r) as given (trainable), on the weight's
   // device. Replaces an unmerged adapter; an error if a merged one is attached.
@@ -59,8 +61,12 @@ class Linear : public Module {
   Tensor bias;    // (out) or undefined
 
  private:
+  // Where the layer computes: the weight's device, or for a quantised weight its copy's.
+  Device compute_device() const;
+
   std::unique_ptr<LoraAdapter> lora_;
   std::shared_ptr<const quant::PackedWeight> quantized_;
+  PackedWeightOnDevice quantized_device_;  // codes and scales off the host; undefined on the CPU
 };
 
 class Embedding : public Module {

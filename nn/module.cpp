@@ -52,6 +52,8 @@ void Module::zero_grad() {
 
 std::string Module::device_limitation(Device) const { return {}; }
 
+void Module::moved_to(Device) {}
+
 void Module::to(Device device) {
   std::vector<std::pair<std::string, Module*>> modules = named_modules();
   modules.emplace(modules.begin(), "", this);
@@ -72,6 +74,7 @@ void Module::to(Device device) {
       impl.autograd->grad_valid = false;
     }
   }
+  for (const auto& [name, m] : modules) m->moved_to(device);
 }
 
 void Module::set_requires_grad(bool value) {

@@ -38,6 +38,9 @@ class Module {
   void to(Device device);
   // Why this module itself (not its children) cannot run on `device`; empty if it can.
   virtual std::string device_limitation(Device device) const;
+  // Called by to() on every module after the parameters moved, for state that is not a parameter
+  // (e.g. a quantised weight's device copy).
+  virtual void moved_to(Device device);
   // Freezes (or unfreezes) every parameter below this module.
   void set_requires_grad(bool value);
 

@@ -209,4 +209,12 @@ struct QuantGemmArgs {
   float* out; int64_t ldo; bool accumulate;
 };
 
+// out (rows, cols) f32 = rows of such a quantised W decoded (value s c, or s table[c]), in the
+// layout of QuantGemmArgs; `table` (16 floats) is host memory. The GPU's many-row products
+// decode a tile of W this way and multiply it with the f32 gemm.
+struct DequantizeArgs {
+  const uint8_t* codes; int64_t row_bytes; const float* scales; int64_t blocksize; int bits; const float* table;
+  int64_t rows, cols; float* out;
+};
+
 }  // namespace kotoba

@@ -33,4 +33,5 @@
   X(dropout_forward, DropoutArgs)                   \
   X(dropout_backward, DropoutArgs)                  \
   X(adamw_step, AdamWArgs)                          \
-  X(quant_gemm, QuantGemmArgs)
+  X(quant_gemm, QuantGemmArgs)                      \
+  X(dequantize, DequantizeArgs)

@@ -45,10 +45,18 @@ Tensor swiglu(const Tensor& gate, const Tensor& up);  // silu(gate) * up, same s
 Tensor matmul(const Tensor& a, const Tensor& b);
 // x (..., in) @ weight (out, in)^T + bias (out) -> (..., out); bias may be undefined.
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor());
-// x (..., in) @ W^T (+ bias) with W an (out, in) matrix held quantised (quant/packed.h), f32 on
-// the CPU; the gradient flows to x (and bias), not to the frozen W. ops/quant_matmul.cpp.
+// The codes (i8, as bytes) and f32 scales of a quant::PackedWeight copied to a GPU; nn::Linear
+// keeps one while it lives there. make_ copies them (one upload).
+struct PackedWeightOnDevice {
+  Tensor codes, scales;
+  static PackedWeightOnDevice make(const quant::PackedWeight& weight, Device device);
+};
+// x (..., in) @ W^T (+ bias) with W an (out, in) matrix held quantised (quant/packed.h), f32
+// activations; the gradient flows to x (and bias), not to the frozen W. On the CPU it reads the
+// PackedWeight; on a GPU x and `on_device` (the weight's copy there) must share the device, and
+// LLM.int8() weights are refused (their int8 x int8 product is a CPU kernel). ops/quant_matmul.cpp.
 Tensor quantized_linear(const Tensor& x, const std::shared_ptr<const quant::PackedWeight>& weight,
-                        const Tensor& bias = Tensor());
+                        const Tensor& bias = Tensor(), const PackedWeightOnDevice* on_device = nullptr);
 
 // ---- embeddings ----
 // ids (...) i32 in [0, V), weight (V, C) -> (..., C)

@@ -117,13 +117,89 @@ void llm_int8_forward(const float* x, int64_t m, const quant::PackedWeight& w, f
   KOTOBA_DISPATCH(Device::cpu, gemm, g);
 }
 
+// Rows of W per dequantised tile on a GPU: up to 64 MB of f32.
+int64_t device_tile_rows(const quant::PackedWeight& w) { return std::max<int64_t>(16, (int64_t(1) << 24) / w.cols); }
+
+// The GPU form: few rows through quant_gemm, many through tiles of W dequantised on the device
+// and the f32 gemm; the backward the same way.
+Tensor device_quantized_linear(const Tensor& x_in, const std::shared_ptr<const quant::PackedWeight>& w,
+                               const PackedWeightOnDevice& dw) {
+  const Device device = x_in.device();
+  const Tensor x = x_in.dtype() == DType::f32 ? x_in : cast(x_in, DType::f32);
+  const Tensor xc = x.is_contiguous() ? x.detach() : contiguous(x.detach());
+  const int64_t k = w->cols, n = w->rows, m = xc.numel() / k;
+  Shape out_shape(x.shape().begin(), x.shape().end() - 1);
+  out_shape.push_back(n);
+  Tensor out = Tensor::empty(out_shape, DType::f32, device);
+  const uint8_t* codes = reinterpret_cast<const uint8_t*>(dw.codes.raw());
+  const float* scales = dw.scales.data<float>();
+  const int64_t blocks = k / w->blocksize;
+  // Calls body(first row, rows, decoded tile) for every tile of W's rows. Holds the device copy,
+  // so the backward can run after the layer moved away.
+  auto for_tiles = [w, dw, blocks, k, n, device](auto body) {
+    const uint8_t* codes = reinterpret_cast<const uint8_t*>(dw.codes.raw());
+    const float* scales = dw.scales.data<float>();
+    const int64_t tile = std::min(device_tile_rows(*w), n);
+    Tensor buffer = Tensor::empty({tile, k}, DType::f32, device);
+    for (int64_t r0 = 0; r0 < n; r0 += tile) {
+      const int64_t rows = std::min(tile, n - r0);
+      DequantizeArgs d{codes + r0 * w->row_bytes(), w->row_bytes(), scales + r0 * blocks, w->blocksize, w->bits,
+                       w->table.data(), rows, k, buffer.data<float>()};
+      KOTOBA_DISPATCH(device, dequantize, d);
+      body(r0, rows, buffer.data<float>());
+    }
+  };
+  if (m > 0 && m <= kKernelRows) {
+    QuantGemmArgs a{m, n, k, xc.data<float>(), k, codes, w->row_bytes(), scales, w->blocksize, w->bits,
+                    w->table.data(), out.data<float>(), n, false};
+    KOTOBA_DISPATCH(device, quant_gemm, a);
+  } else if (m > 0) {
+    float* op = out.data<float>();
+    const float* xp = xc.data<float>();
+    for_tiles([&](int64_t r0, int64_t rows, const float* tile) {
+      GemmArgs g = plain_gemm(true, m, rows, k, xp, k, tile, k, 0.0f, op + r0, n);
+      KOTOBA_DISPATCH(device, gemm, g);
+    });
+  }
+  auto x_meta = x.autograd_meta();
+  return record("quantized_linear", out, {&x}, [for_tiles, x_meta, x_shape = x.shape(), m, n, k, device](
+                                                   const Tensor& grad_in) {
+    GradTarget dx = grad_target(x_meta, x_shape, DType::f32, device);
+    if (!dx || m == 0) return;
+    const Tensor dy = grad_in.contiguous();
+    bool written = dx.accumulate;
+    for_tiles([&](int64_t r0, int64_t rows, const float* tile) {
+      GemmArgs g = plain_gemm(false, m, k, rows, dy.data<float>() + r0, n, tile, k, written ? 1.0f : 0.0f,
+                              dx.tensor.data<float>(), k);
+      KOTOBA_DISPATCH(device, gemm, g);
+      written = true;
+    });
+  });
+}
+
 }  // namespace
 
-Tensor quantized_linear(const Tensor& x_in, const std::shared_ptr<const quant::PackedWeight>& w, const Tensor& bias) {
+PackedWeightOnDevice PackedWeightOnDevice::make(const quant::PackedWeight& weight, Device device) {
+  Tensor codes = Tensor::empty({int64_t(weight.codes.size())}, DType::i8);
+  std::copy(weight.codes.begin(), weight.codes.end(), reinterpret_cast<uint8_t*>(codes.raw()));
+  Tensor scales = Tensor::from_vector(weight.scales, {int64_t(weight.scales.size())});
+  return {to_device(codes, device), to_device(scales, device)};
+}
+
+Tensor quantized_linear(const Tensor& x_in, const std::shared_ptr<const quant::PackedWeight>& w, const Tensor& bias,
+                        const PackedWeightOnDevice* on_device) {
   KOTOBA_CHECK(w != nullptr, "quantized_linear: no weight");
   KOTOBA_CHECK(x_in.defined() && x_in.ndim() >= 1 && x_in.size(-1) == w->cols, "quantized_linear: expected x (..., ",
                w->cols, ") for a ", w->rows, " x ", w->cols, " ", quant::weight_format_name(w->format),
                " weight, got x ", x_in.defined() ? shape_str(x_in.shape()) : std::string("undefined"));
+  if (x_in.device() != Device::cpu) {
+    KOTOBA_CHECK(on_device && on_device->codes.defined() && on_device->codes.device() == x_in.device(),
+                 "quantized_linear: x is on ", device_name(x_in.device()), " but the ",
+                 quant::weight_format_name(w->format), " weight is not (move the layer there with Module::to)");
+    KOTOBA_CHECK(!w->int8_activations, "quantized_linear: LLM.int8() (int8 activations) runs on the CPU only");
+    Tensor y = device_quantized_linear(x_in, w, *on_device);
+    return bias.defined() ? add(y, bias) : y;
+  }
   KOTOBA_CHECK(x_in.dtype() == DType::f32 && x_in.device() == Device::cpu,
                "quantized_linear: quantised weights run on the CPU with f32 activations, got ",
                dtype_name(x_in.dtype()), " on ", x_in.device() == Device::cpu ? "cpu" : "cuda");

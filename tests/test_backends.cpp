@@ -778,6 +778,30 @@ void case_quant_gemm(Ctx& c) {
   }
 }
 
+// Both code widths, a tile of rows from the middle of W (offset codes and scales).
+void case_dequantize(Ctx& c) {
+  const int64_t n = 24, k = 192, first = 5, rows = 11;
+  const float table[16] = {-1.0f, -0.7f, -0.53f, -0.39f, -0.28f, -0.18f, -0.09f, 0.0f,
+                           0.08f, 0.16f, 0.25f, 0.34f, 0.44f, 0.56f, 0.72f, 1.0f};
+  for (int bits : {8, 4}) {
+    const int64_t blocksize = bits == 8 ? 32 : 64, row_bytes = bits == 8 ? k : k / 2;
+    Buf S(DType::f32, size_t(n * k / blocksize)), O(DType::f32, size_t(rows * k)), W(DType::i8, size_t(n * row_bytes));
+    S.set(c.uniform(S.size(), 0.01f, 0.1f));
+    O.set(c.uniform(O.size(), -1, 1));
+    std::vector<float> bytes = c.ints(W.size(), 0, 255);
+    for (size_t i = 0; i < bytes.size(); ++i) W.h_as<uint8_t>()[i] = uint8_t(bytes[i]);
+    W.upload();
+    DequantizeArgs a{W.h_as<uint8_t>() + first * row_bytes, row_bytes, S.h_as<float>() + first * (k / blocksize),
+                     blocksize, bits, table, rows, k, O.h_as<float>()};
+    cpu().dequantize(a);
+    a.codes = W.d_as<uint8_t>() + first * row_bytes, a.scales = S.d_as<float>() + first * (k / blocksize);
+    a.out = O.d_as<float>();
+    gpu().dequantize(a);
+    c.label = "dequantize bits=" + std::to_string(bits);
+    expect_close(c, "out", O, {0.0f, 0.0f});
+  }
+}
+
 using CaseFn = void (*)(Ctx&);
 // dtypes each case runs with (adamw: the gradient's dtype).
 const std::map<Kernel, CaseFn>& cases() {
@@ -811,6 +835,7 @@ const std::map<Kernel, CaseFn>& cases() {
       {Kernel::dropout_backward, case_dropout_backward},
       {Kernel::adamw_step, case_adamw_step},
       {Kernel::quant_gemm, case_quant_gemm},
+      {Kernel::dequantize, case_dequantize},
   };
   return table;
 }

@@ -183,19 +183,41 @@ TEST(KVCacheRows, WriteKvRowsCopiesEveryLayout) {
   EXPECT_THROW(nn::write_kv_rows(cache, random_normal({B, H + 1, 1, D}, gen), 0), Error) << "head count";
 }
 
-TEST(CudaDecode, QuantisedModelRefusesToMoveAndNamesTheLimitation) {
+// LLM.int8() (int8 activations) is a CPU kernel: such a model refuses to move, naming the layer,
+// before anything moved.
+TEST(CudaDecode, LlmInt8ModelRefusesToMoveAndNamesTheLimitation) {
   auto model = small_llama(7);
-  quantize_model(*model, quant::WeightFormat::int8);
+  quantize_model(*model, quant::WeightFormat::int8, Int8Activations{.enabled = true});
   try {
     model->to(Device::cuda);
-    FAIL() << "a quantised model moved to cuda";
+    FAIL() << "an LLM.int8() model moved to cuda";
   } catch (const Error& e) {
     const std::string what = e.what();
     EXPECT_NE(what.find("cuda"), std::string::npos) << what;
-    EXPECT_NE(what.find("quantised weights run on the CPU only"), std::string::npos) << what;
+    EXPECT_NE(what.find("LLM.int8() weight (int8 activations), which runs on the CPU only"), std::string::npos)
+        << what;
     EXPECT_NE(what.find("model.layers.0.self_attn.q_proj"), std::string::npos) << "names the layer: " << what;
   }
   for (const Tensor& t : model->parameters()) EXPECT_EQ(t.device(), Device::cpu) << "nothing may have moved";
+}
+
+// Weight-only quantised models decode on the GPU (codes and scales copied there; few rows through
+// quant_gemm, the prompt through dequantised tiles) as on the CPU, in every format.
+TEST(CudaDecode, QuantisedModelDecodesAsOnTheCpu) {
+  KOTOBA_SKIP_WITHOUT_CUDA();
+  const uint64_t seed = test_seed();
+  for (quant::WeightFormat format : {quant::WeightFormat::int8, quant::WeightFormat::q8_0, quant::WeightFormat::q4_0,
+                                     quant::WeightFormat::nf4}) {
+    SCOPED_TRACE(quant::weight_format_name(format));
+    auto on_cpu = small_llama(seed), on_gpu = small_llama(seed);
+    quantize_model(*on_cpu, format);
+    quantize_model(*on_gpu, format);
+    on_gpu->to(Device::cuda);
+    Generator gen(seed + 5);
+    expect_same_greedy_decoding(*on_cpu, *on_gpu, {random_ids(20, gen), random_ids(7, gen)}, 8, /*drop_row=*/false);
+    on_gpu->to(Device::cpu);  // and back: the host copy of the codes is what runs again
+    expect_same_greedy_decoding(*on_cpu, *on_gpu, {random_ids(5, gen)}, 4, /*drop_row=*/false);
+  }
 }
 
 TEST(CudaDecode, GreedyDecodingMatchesTheCpu) {

@@ -123,3 +123,36 @@ TEST(QuantMatmul, ErrorsAreNamed) {
 }
 
 }  // namespace
+
+// On a GPU (the weight's codes and scales copied there): the output and the gradient to x equal
+// the CPU's, for few rows (quant_gemm) and many (dequantised tiles and the gemm), every format.
+TEST(QuantMatmul, CudaEqualsTheCpu) {
+  KOTOBA_SKIP_WITHOUT_CUDA();
+  Generator gen(kotoba::testing::test_seed());
+  const int64_t in = 128, out = 48;
+  const std::vector<float> wv = random_matrix(gen, out * in, 0.1f);
+  for (WeightFormat f : {WeightFormat::int8, WeightFormat::q8_0, WeightFormat::q4_0, WeightFormat::nf4}) {
+    auto w = std::make_shared<const PackedWeight>(pack_weight(wv.data(), out, in, f));
+    const PackedWeightOnDevice on_gpu = PackedWeightOnDevice::make(*w, Device::cuda);
+    for (int64_t rows : {3, 40}) {
+      const std::vector<float> xv = random_matrix(gen, rows * in, 1.0f), gv = random_matrix(gen, rows * out, 1.0f);
+      auto run = [&](Device device, std::vector<float>& dx) {
+        Tensor x = on_device(Tensor::from_vector(xv, {rows, in}), device);
+        x.set_requires_grad(true);
+        Tensor y = quantized_linear(x, w, Tensor(), device == Device::cpu ? nullptr : &on_gpu);
+        sum(mul(y, on_device(Tensor::from_vector(gv, {rows, out}), device))).backward();
+        dx = x.grad().to_vector();
+        return y.to_vector();
+      };
+      std::vector<float> dx_cpu, dx_gpu;
+      const std::vector<float> y_cpu = run(Device::cpu, dx_cpu), y_gpu = run(Device::cuda, dx_gpu);
+      for (size_t i = 0; i < y_cpu.size(); ++i)
+        EXPECT_NEAR(y_gpu[i], y_cpu[i], 1e-4f * (1 + std::fabs(y_cpu[i]))) << weight_format_name(f) << " rows " << rows;
+      for (size_t i = 0; i < dx_cpu.size(); ++i)
+        EXPECT_NEAR(dx_gpu[i], dx_cpu[i], 1e-4f * (1 + std::fabs(dx_cpu[i]))) << weight_format_name(f) << " rows " << rows;
+    }
+  }
+  // A weight that is not on x's device is named.
+  auto w = std::make_shared<const PackedWeight>(pack_weight(wv.data(), out, in, WeightFormat::q8_0));
+  EXPECT_THROW(quantized_linear(to_device(Tensor::zeros({2, in}), Device::cuda), w), Error);
+}

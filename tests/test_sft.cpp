@@ -492,7 +492,8 @@ TEST(SftErrors, BadInputsAreNamed) {
       Error);
   c.device = "cuda";
   c.quantize = "nf4";
-  EXPECT_THROW(train::validate_sft_config(c), Error);  // a quantised base is CPU-only
+  c.lora_r = 4;
+  EXPECT_NO_THROW(train::validate_sft_config(c)) << "QLoRA runs on a GPU too";
 }
 
 // On a GPU, LoRA and full fine-tuning reach the CPU's losses (f32 on both; other summation orders
@@ -564,6 +565,18 @@ TEST(SftTrainer, CudaRunMatchesTheCpuRun) {
     const train::SftResult mixed = resumed.run();
     EXPECT_NEAR(mixed.train_loss, cpu.train_loss, 0.01 * cpu.train_loss);
   }
+  // QLoRA: an nf4 base, its codes on the GPU, LoRA adapters trained there.
+  train::SftConfig c = short_config;
+  c.lora_r = 4;
+  c.quantize = "nf4";
+  c.out = (root / "qlora_cpu").string();
+  const train::SftResult cpu = train::SftTrainer(c, {.progress = false}).run();
+  c.device = "cuda";
+  c.out = (root / "qlora_gpu").string();
+  const train::SftResult gpu = train::SftTrainer(c, {.progress = false}).run();
+  ASSERT_TRUE(cpu.finished && gpu.finished);
+  EXPECT_NEAR(gpu.train_loss, cpu.train_loss, 0.01 * cpu.train_loss);
+  EXPECT_NEAR(gpu.val_loss, cpu.val_loss, 0.01 * cpu.val_loss);
 }
 
 // A learning rate that overflows the weights makes the loss non-finite at the second step: the run

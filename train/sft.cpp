@@ -106,9 +106,7 @@ void validate_sft_config(const SftConfig& c) {
   KOTOBA_CHECK(c.lora_r > 0 || (c.lora_targets.empty() && c.merge == 0 && c.quantize.empty()),
                "sft config: 'lora_targets', 'merge' and 'quantize' apply with LoRA (set 'lora_r')");
   if (!c.quantize.empty()) quant::parse_weight_format(c.quantize);  // names the formats when unknown
-  KOTOBA_CHECK(parse_device(c.device, "sft config: 'device'") == Device::cpu || c.quantize.empty(),
-               "sft config: a quantised base ('quantize' ", c.quantize, ") runs on the cpu only, got 'device' \"",
-               c.device, "\"");
+  parse_device(c.device, "sft config: 'device'");
   parse_precision(c.precision, "sft config: 'precision'");
   KOTOBA_CHECK(c.quantize.empty() || c.merge == 0,
                "sft config: 'merge' cannot merge into a quantised base; merge the adapter into the f32 base with "

@@ -292,6 +292,33 @@ void quant_gemm(const QuantGemmArgs& a) {
 
 }  // namespace
 
-void register_quant_gemm_kernels(Backend& b) { b.quant_gemm = quant_gemm; }
+void dequantize(const DequantizeArgs& a) {
+  const int64_t blocks = a.cols / a.blocksize, half = a.blocksize / 2;
+#pragma omp parallel for schedule(static) if (a.rows * a.cols > (int64_t(1) << 16))
+  for (int64_t r = 0; r < a.rows; ++r) {
+    const uint8_t* code_row = a.codes + r * a.row_bytes;
+    const float* scale_row = a.scales + r * blocks;
+    float* o = a.out + r * a.cols;
+    for (int64_t b = 0; b < blocks; ++b) {
+      const float s = scale_row[b];
+      float* ob = o + b * a.blocksize;
+      if (a.bits == 8) {
+        const int8_t* c = reinterpret_cast<const int8_t*>(code_row) + b * a.blocksize;
+        for (int64_t j = 0; j < a.blocksize; ++j) ob[j] = float(c[j]) * s;
+      } else {
+        const uint8_t* c = code_row + b * half;
+        for (int64_t j = 0; j < half; ++j) {
+          ob[j] = a.table[c[j] & 15] * s;
+          ob[half + j] = a.table[c[j] >> 4] * s;
+        }
+      }
+    }
+  }
+}
+
+void register_quant_gemm_kernels(Backend& b) {
+  b.quant_gemm = quant_gemm;
+  b.dequantize = dequantize;
+}
 
 }  // namespace kotoba::cpu::KOTOBA_ISA_NS

@@ -3,6 +3,8 @@
 // 16-entry table, element j of a block's first half in the low nibble of byte j and element
 // j + blocksize/2 in its high nibble). One warp per output element, lanes striding over k; the
 // table travels by value in the launch. All pointers are device memory.
+#include <algorithm>
+
 #include "ops/cuda/common.cuh"
 
 namespace kotoba::cuda {
@@ -44,7 +46,38 @@ __global__ void quant_gemm_kernel(const float* x, int64_t ldx, const uint8_t* co
   }
 }
 
+__global__ void dequantize_kernel(const uint8_t* codes, int64_t row_bytes, const float* scales, int64_t blocksize,
+                                  int bits, Table16 table, int64_t rows, int64_t cols, float* out) {
+  const int64_t half = blocksize / 2, blocks = cols / blocksize;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < rows * cols;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = i / cols, j = i % cols, b = j / blocksize, e = j % blocksize;
+    const uint8_t* w = codes + r * row_bytes;
+    float value;
+    if (bits == 8) {
+      value = float(int8_t(w[j]));
+    } else {
+      const uint8_t byte = w[b * half + (e % half)];
+      value = table.v[e < half ? (byte & 15) : (byte >> 4)];
+    }
+    out[i] = value * scales[r * blocks + b];
+  }
+}
+
 }  // namespace
+
+void dequantize(const DequantizeArgs& a) {
+  const int64_t total = a.rows * a.cols;
+  if (total == 0) return;
+  Table16 table{};
+  if (a.table)
+    for (int i = 0; i < 16; ++i) table.v[i] = a.table[i];  // the table pointer is host memory
+  const int threads = 256;
+  const int64_t blocks = std::min<int64_t>((total + threads - 1) / threads, 65535);
+  dequantize_kernel<<<unsigned(blocks), threads, 0, stream()>>>(a.codes, a.row_bytes, a.scales, a.blocksize, a.bits,
+                                                               table, a.rows, a.cols, a.out);
+  KOTOBA_CUDA_LAUNCHED();
+}
 
 void quant_gemm(const QuantGemmArgs& a) {
   if (a.m == 0 || a.n == 0) return;
