@@ -28,37 +28,6 @@ void validate_bert_config(const BertConfig& c) {
                "BertConfig: 'attention_probs_dropout_prob' must be in [0, 1), got ", c.attention_probs_dropout_prob);
 }
 
-// In the forward pass y = x Phi(x) with Phi the standard normal CDF = 0.5 (1 + erf(x / sqrt 2)),
-// so dy/dx = Phi(x) + x phi(x), phi(x) = exp(-x^2 / 2) / sqrt(2 pi). Both tails are exact in f32:
-// erf saturates to +-1 and x phi(x) underflows to 0.
-Tensor gelu_erf(const Tensor& x) {
-  KOTOBA_CHECK(x.dtype() == DType::f32 && x.device() == Device::cpu, "gelu_erf: x must be a CPU f32 tensor, got ",
-               dtype_name(x.dtype()), " on ", x.device() == Device::cpu ? "cpu" : "a GPU");
-  Tensor xc = contiguous(x).detach();
-  Tensor out = Tensor::empty(x.shape());
-  const float* xp = xc.data<float>();
-  float* op = out.data<float>();
-  const int64_t n = x.numel();
-#pragma omp parallel for schedule(static) if (n > (1 << 15)) num_threads(num_threads())
-  for (int64_t i = 0; i < n; ++i) op[i] = 0.5f * xp[i] * (1.0f + std::erf(xp[i] * float(M_SQRT1_2)));
-  return record("gelu_erf", out, {&x}, [xc, meta = x.autograd_meta()](const Tensor& g_in) {
-    GradTarget t = grad_target(meta, xc.shape(), DType::f32, Device::cpu);
-    if (!t) return;
-    Tensor g = contiguous(g_in).detach();
-    const float *xp = xc.data<float>(), *gp = g.data<float>();
-    float* dx = t.tensor.data<float>();
-    const bool acc = t.accumulate;
-    const float inv_sqrt_2pi = 0.3989422804014327f;
-    const int64_t n = xc.numel();
-#pragma omp parallel for schedule(static) if (n > (1 << 15)) num_threads(num_threads())
-    for (int64_t i = 0; i < n; ++i) {
-      const float v = xp[i];
-      const float d = 0.5f * (1.0f + std::erf(v * float(M_SQRT1_2))) + v * inv_sqrt_2pi * std::exp(-0.5f * v * v);
-      dx[i] = acc ? dx[i] + gp[i] * d : gp[i] * d;
-    }
-  });
-}
-
 BertLayer::BertLayer(const BertConfig& c, Generator& gen)
     : query(c.hidden_size, c.hidden_size, true, c.initializer_range, gen),
       key(c.hidden_size, c.hidden_size, true, c.initializer_range, gen),

@@ -34,10 +34,6 @@ struct BertConfig {
 // Range checks; errors name the field.
 void validate_bert_config(const BertConfig& config);
 
-// y = 0.5 x (1 + erf(x / sqrt(2))), the GELU BERT was trained with (HF "gelu"); ops' gelu is the
-// tanh approximation. CPU f32.
-Tensor gelu_erf(const Tensor& x);
-
 class BertLayer : public Module {
  public:
   BertLayer(const BertConfig& config, Generator& gen);

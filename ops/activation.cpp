@@ -29,6 +29,7 @@ Tensor unary_op(UnaryKind kind, const Tensor& x, const char* op) {
 }  // namespace
 
 Tensor gelu(const Tensor& x) { return unary_op(UnaryKind::gelu_tanh, x, "gelu"); }
+Tensor gelu_erf(const Tensor& x) { return unary_op(UnaryKind::gelu_erf, x, "gelu_erf"); }
 Tensor silu(const Tensor& x) { return unary_op(UnaryKind::silu, x, "silu"); }
 Tensor relu(const Tensor& x) { return unary_op(UnaryKind::relu, x, "relu"); }
 

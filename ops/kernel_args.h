@@ -82,7 +82,8 @@ struct FillArgs {
   void* out; int64_t n; float value; DType dtype;
 };
 
-enum class UnaryKind : uint8_t { gelu_tanh, silu, relu, exp, tanh };
+// gelu_tanh: GPT-2's tanh approximation; gelu_erf: the exact x Phi(x) (BERT's "gelu").
+enum class UnaryKind : uint8_t { gelu_tanh, silu, relu, exp, tanh, gelu_erf };
 // out (n) = f(x)
 struct UnaryForwardArgs {
   UnaryKind kind; const void* x; void* out; int64_t n; DType dtype;

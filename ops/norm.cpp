@@ -22,9 +22,13 @@ GradTarget param_target(const std::shared_ptr<AutogradMeta>& meta, const Tensor&
   return t;
 }
 
-Tensor norm_op(const Tensor& x, const Tensor& weight, const Tensor& bias, float eps, bool rms) {
+Tensor norm_op(const Tensor& x_arg, const Tensor& weight, const Tensor& bias, float eps, bool rms) {
   const char* op = rms ? "rms_norm" : "layer_norm";
-  check_float(x, op, "x");
+  check_float(x_arg, op, "x");
+  check_float(weight, op, "weight");
+  // A bf16 x under f32 parameters (mixed precision) is normalised in f32, as torch.autocast does:
+  // the cast is differentiable, so its gradient returns in bf16.
+  const Tensor x = x_arg.dtype() != weight.dtype() ? cast(x_arg, weight.dtype()) : x_arg;
   KOTOBA_CHECK(x.ndim() >= 1, op, ": x must have at least one dim, got shape ", shape_str(x.shape()));
   check_norm_param(weight, x, op, "weight");
   if (bias.defined()) check_norm_param(bias, x, op, "bias");

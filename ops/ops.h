@@ -36,6 +36,7 @@ Tensor mean(const Tensor& x);                                  // scalar
 
 // ---- activations ----
 Tensor gelu(const Tensor& x);   // tanh form: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+Tensor gelu_erf(const Tensor& x);  // exact: x Phi(x) = 0.5 x (1 + erf(x / sqrt 2)), BERT's "gelu"
 Tensor silu(const Tensor& x);   // x * sigmoid(x)
 Tensor relu(const Tensor& x);
 Tensor swiglu(const Tensor& gate, const Tensor& up);  // silu(gate) * up, same shapes

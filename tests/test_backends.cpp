@@ -325,7 +325,7 @@ void case_fill(Ctx& c) {
 }
 
 const UnaryKind kUnaryKinds[] = {UnaryKind::gelu_tanh, UnaryKind::silu, UnaryKind::relu, UnaryKind::exp,
-                                 UnaryKind::tanh};
+                                 UnaryKind::tanh, UnaryKind::gelu_erf};
 
 std::vector<float> unary_inputs(Ctx& c, UnaryKind kind, size_t n) {
   auto x = c.uniform(n, -5, 5);

@@ -70,11 +70,12 @@ const RefIndex& reference_index() {
 // (ReferenceIndex.MatchesTheOpList checks).
 const std::vector<std::string> kOps = {
     "reshape", "transpose", "slice", "contiguous", "cast", "add", "sub", "mul", "div", "scale", "sum", "mean",
-    "gelu", "silu", "relu", "swiglu", "matmul", "linear", "embedding", "layer_norm", "rms_norm", "softmax",
-    "scaled_dot_product_attention", "attention_packed_qkv", "rope", "cross_entropy"};
+    "gelu", "gelu_erf", "silu", "relu", "swiglu", "matmul", "linear", "embedding", "layer_norm", "rms_norm",
+    "softmax", "scaled_dot_product_attention", "attention_packed_qkv", "rope", "cross_entropy"};
 const std::set<std::string> kBf16Ops = {
-    "add", "sub", "mul", "div", "scale", "gelu", "silu", "relu", "swiglu", "matmul", "linear", "embedding",
-    "layer_norm", "rms_norm", "softmax", "scaled_dot_product_attention", "attention_packed_qkv", "cross_entropy"};
+    "add", "sub", "mul", "div", "scale", "gelu", "gelu_erf", "silu", "relu", "swiglu", "matmul", "linear",
+    "embedding", "layer_norm", "rms_norm", "softmax", "scaled_dot_product_attention", "attention_packed_qkv",
+    "cross_entropy"};
 
 struct OpPass {
   std::string op;
@@ -119,6 +120,7 @@ Tensor run_op(const RefCase& c, const std::map<std::string, Tensor>& in, std::ma
   if (op == "sum") return sum(x());
   if (op == "mean") return mean(x());
   if (op == "gelu") return gelu(x());
+  if (op == "gelu_erf") return gelu_erf(x());
   if (op == "silu") return silu(x());
   if (op == "relu") return relu(x());
   if (op == "swiglu") return swiglu(input(in, "gate"), input(in, "up"));

@@ -354,6 +354,24 @@ inline Vec gelu_grad(Vec x) {
   Vec du = vset(2.0f * kGeluK) * vfma(vset(3.0f * kGeluC), x2, vset(1.0f));
   return vfma(xc * ss, du, s);
 }
+// gelu_erf(x) = x Phi(x), Phi(x) = 0.5 (1 + erf(x / sqrt 2)), and its derivative Phi(x) + x phi(x),
+// phi(x) = exp(-x^2 / 2) / sqrt(2 pi): lane by lane through std::erf (no vector erf here). Both
+// tails are exact in f32: erf saturates to +-1 and x phi(x) underflows to 0.
+inline Vec gelu_erf_fwd(Vec x) {
+  alignas(64) float v[kLanes];
+  vstore(v, x);
+  for (int64_t i = 0; i < kLanes; ++i) v[i] = 0.5f * v[i] * (1.0f + std::erf(v[i] * float(M_SQRT1_2)));
+  return vload(v);
+}
+inline Vec gelu_erf_grad(Vec x) {
+  alignas(64) float v[kLanes];
+  vstore(v, x);
+  for (int64_t i = 0; i < kLanes; ++i) {
+    const float t = v[i];
+    v[i] = 0.5f * (1.0f + std::erf(t * float(M_SQRT1_2))) + t * 0.3989422804014327f * std::exp(-0.5f * t * t);
+  }
+  return vload(v);
+}
 // silu(x) = x s(x); silu'(x) = s + x s (1 - s)
 inline Vec silu_fwd(Vec x) { return x * vsigmoid(x); }
 inline Vec silu_grad(Vec x) {
@@ -365,6 +383,7 @@ inline Vec silu_grad(Vec x) {
 template <UnaryKind K>
 inline Vec unary_fwd(Vec x) {
   if constexpr (K == UnaryKind::gelu_tanh) return gelu_fwd(x);
+  if constexpr (K == UnaryKind::gelu_erf) return gelu_erf_fwd(x);
   if constexpr (K == UnaryKind::silu) return silu_fwd(x);
   if constexpr (K == UnaryKind::relu) return vmax(x, vzero());
   if constexpr (K == UnaryKind::exp) return vexp(x);
@@ -374,6 +393,7 @@ inline Vec unary_fwd(Vec x) {
 template <UnaryKind K>
 inline Vec unary_bwd(Vec x, Vec dout) {
   if constexpr (K == UnaryKind::gelu_tanh) return dout * gelu_grad(x);
+  if constexpr (K == UnaryKind::gelu_erf) return dout * gelu_erf_grad(x);
   if constexpr (K == UnaryKind::silu) return dout * silu_grad(x);
   if constexpr (K == UnaryKind::relu) return vselect_gt(x, vzero(), dout, vzero());
   if constexpr (K == UnaryKind::exp) return dout * vexp(x);
@@ -430,6 +450,9 @@ void unary_forward_kind(const UnaryForwardArgs& args) {
     case UnaryKind::tanh:
       unary_forward_typed<UnaryKind::tanh, T>(args);
       break;
+    case UnaryKind::gelu_erf:
+      unary_forward_typed<UnaryKind::gelu_erf, T>(args);
+      break;
   }
 }
 template <typename T>
@@ -449,6 +472,9 @@ void unary_backward_kind(const UnaryBackwardArgs& args) {
       break;
     case UnaryKind::tanh:
       unary_backward_typed<UnaryKind::tanh, T>(args);
+      break;
+    case UnaryKind::gelu_erf:
+      unary_backward_typed<UnaryKind::gelu_erf, T>(args);
       break;
   }
 }

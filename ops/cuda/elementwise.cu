@@ -171,6 +171,7 @@ __device__ __forceinline__ float gelu_grad(float x) {
 template <UnaryKind K>
 __device__ __forceinline__ float unary_fwd(float x) {
   if constexpr (K == UnaryKind::gelu_tanh) return gelu_fwd(x);
+  else if constexpr (K == UnaryKind::gelu_erf) return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
   else if constexpr (K == UnaryKind::silu) return x * sigmoid(x);
   else if constexpr (K == UnaryKind::relu) return fmaxf(x, 0.0f);
   else if constexpr (K == UnaryKind::exp) return expf(x);
@@ -179,6 +180,8 @@ __device__ __forceinline__ float unary_fwd(float x) {
 template <UnaryKind K>
 __device__ __forceinline__ float unary_grad(float x) {
   if constexpr (K == UnaryKind::gelu_tanh) return gelu_grad(x);
+  else if constexpr (K == UnaryKind::gelu_erf)
+    return 0.5f * (1.0f + erff(x * 0.70710678118654752f)) + x * 0.3989422804014327f * expf(-0.5f * x * x);
   else if constexpr (K == UnaryKind::silu) {
     float ss;
     const float s = sigmoid(x, &ss);
@@ -516,6 +519,9 @@ void unary_forward(const UnaryForwardArgs& a) {
       case UnaryKind::relu: unary_forward_kernel<T, UnaryKind::relu><<<g, kThreads, 0, stream()>>>(x, o, a.n); break;
       case UnaryKind::exp: unary_forward_kernel<T, UnaryKind::exp><<<g, kThreads, 0, stream()>>>(x, o, a.n); break;
       case UnaryKind::tanh: unary_forward_kernel<T, UnaryKind::tanh><<<g, kThreads, 0, stream()>>>(x, o, a.n); break;
+      case UnaryKind::gelu_erf:
+        unary_forward_kernel<T, UnaryKind::gelu_erf><<<g, kThreads, 0, stream()>>>(x, o, a.n);
+        break;
     }
   });
   KOTOBA_CUDA_LAUNCHED();
@@ -536,6 +542,9 @@ void unary_backward(const UnaryBackwardArgs& a) {
       case UnaryKind::relu: unary_backward_kernel<T, UnaryKind::relu><<<g, kThreads, 0, stream()>>>(x, d, o, a.n, acc); break;
       case UnaryKind::exp: unary_backward_kernel<T, UnaryKind::exp><<<g, kThreads, 0, stream()>>>(x, d, o, a.n, acc); break;
       case UnaryKind::tanh: unary_backward_kernel<T, UnaryKind::tanh><<<g, kThreads, 0, stream()>>>(x, d, o, a.n, acc); break;
+      case UnaryKind::gelu_erf:
+        unary_backward_kernel<T, UnaryKind::gelu_erf><<<g, kThreads, 0, stream()>>>(x, d, o, a.n, acc);
+        break;
     }
   });
   KOTOBA_CUDA_LAUNCHED();

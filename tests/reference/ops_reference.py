@@ -34,7 +34,7 @@ except ImportError as error:  # pragma: no cover - message for a machine without
 f64 = torch.float64
 
 # Ops that also have a bf16 pass (kernels with bf16 storage; math in f32).
-BF16_OPS = {"add", "sub", "mul", "div", "scale", "gelu", "silu", "relu", "swiglu", "matmul", "linear", "embedding",
+BF16_OPS = {"add", "sub", "mul", "div", "scale", "gelu", "gelu_erf", "silu", "relu", "swiglu", "matmul", "linear", "embedding",
             "layer_norm", "rms_norm", "softmax", "scaled_dot_product_attention", "attention_packed_qkv",
             "cross_entropy"}
 
@@ -95,6 +95,10 @@ class Draw:
 # ---------------------------------------------------------------- float64 op references
 def gelu_tanh(x):
     return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+
+
+def gelu_erf(x):
+    return 0.5 * x * (1.0 + torch.erf(x / math.sqrt(2.0)))
 
 
 def silu(x):
@@ -344,6 +348,7 @@ def build(c):
     for shape in [(4, 33), (2, 3, 64), (1000,)]:
         tag = "x".join(map(str, shape))
         c.add("gelu", tag, {"x": d.normal(*shape, scale=2.0)}, gelu_tanh)
+        c.add("gelu_erf", tag, {"x": d.normal(*shape, scale=2.0)}, gelu_erf)
         c.add("silu", tag, {"x": d.normal(*shape, scale=2.0)}, silu)
         c.add("relu", tag, {"x": d.away_from_zero(*shape, margin=0.05)}, lambda x: torch.relu(x))
         c.add("swiglu", tag, {"gate": d.normal(*shape, scale=2.0), "up": d.normal(*shape)},
@@ -351,6 +356,7 @@ def build(c):
     extremes = torch.tensor([-300.0, 300.0, -100.0, 100.0, -30.0, 30.0, -12.0, 12.0, -6.0, 6.0,
                              -1e-3, 1e-3, 0.0, -0.5, 0.5, 3.0, -3.0], dtype=f64)
     c.add("gelu", "extremes_pm300", {"x": extremes.clone()}, gelu_tanh)
+    c.add("gelu_erf", "extremes_pm300", {"x": extremes.clone()}, gelu_erf)
     c.add("silu", "extremes_pm300", {"x": extremes.clone()}, silu)
     c.add("swiglu", "extremes_pm300", {"gate": extremes.clone(), "up": d.normal(extremes.numel())},
           lambda gate, up: silu(gate) * up)
