@@ -189,6 +189,21 @@ void matmul_attention_backward(const AttentionBackwardArgs& a, const Tensor& pro
   if (a.dk) kv_gradient(a.dk, a.dk_strides, ds.raw(), a.scale, a.q, a.q_strides);
 }
 
+// What a forward keeps for its backward: the fused kernel lse (B, H, T), the matmul form P
+// (B, H, T, S); the other is undefined.
+struct AttentionSaved {
+  Tensor lse, probs;
+};
+
+// Runs the forward of `a` (whose lse field it fills) in the form use_matmul picks.
+AttentionSaved run_attention_forward(AttentionForwardArgs a, Device device) {
+  if (use_matmul(a, device)) return {Tensor(), matmul_attention_forward(a, device)};
+  Tensor lse = Tensor::empty({a.batch, a.heads, a.q_len}, DType::f32, device);
+  a.lse = static_cast<float*>(lse.raw());
+  KOTOBA_DISPATCH(device, attention_forward, a);
+  return {lse, Tensor()};
+}
+
 }  // namespace
 
 void set_attention_algorithm(AttentionAlgorithm algorithm) { g_algorithm = int(algorithm); }
@@ -232,15 +247,8 @@ Tensor scaled_dot_product_attention(const Tensor& q_in, const Tensor& k_in, cons
                           strides4(q), strides4(k), strides4(v), strides4(out),
                           key_mask.defined() ? static_cast<const int32_t*>(key_mask.raw()) : nullptr,
                           B, H, Hkv, T, S, D, scale, causal, dt, window, i32_or_null(segment_ids)};
-  // The fused kernel keeps lse (B, H, T) for its backward; the matmul form keeps P (B, H, T, S).
-  Tensor lse, probs;
-  if (use_matmul(fa, q.device())) {
-    probs = matmul_attention_forward(fa, q.device());
-  } else {
-    lse = Tensor::empty({B, H, T}, DType::f32, q.device());
-    fa.lse = static_cast<float*>(lse.raw());
-    KOTOBA_DISPATCH(q.device(), attention_forward, fa);
-  }
+  const AttentionSaved saved = run_attention_forward(fa, q.device());
+  const Tensor lse = saved.lse, probs = saved.probs;
 
   auto q_meta = q_in.autograd_meta(), k_meta = k_in.autograd_meta(), v_meta = v_in.autograd_meta();
   // Recomputes the scores tile by tile from q, k and lse (see ops/cpu/attention.cpp).
@@ -312,14 +320,8 @@ Tensor attention_packed_qkv(const Tensor& qkv_in, int64_t n_head, bool causal, c
                           in_strides, in_strides, in_strides, out_strides,
                           key_mask.defined() ? static_cast<const int32_t*>(key_mask.raw()) : nullptr,
                           B, H, H, T, T, D, scale, causal, dt, 0, i32_or_null(segment_ids)};
-  Tensor lse, probs;  // as in scaled_dot_product_attention
-  if (use_matmul(fa, qkv.device())) {
-    probs = matmul_attention_forward(fa, qkv.device());
-  } else {
-    lse = Tensor::empty({B, H, T}, DType::f32, qkv.device());
-    fa.lse = static_cast<float*>(lse.raw());
-    KOTOBA_DISPATCH(qkv.device(), attention_forward, fa);
-  }
+  const AttentionSaved saved = run_attention_forward(fa, qkv.device());
+  const Tensor lse = saved.lse, probs = saved.probs;
 
   auto qkv_meta = qkv_in.autograd_meta();
   // The gradients of q, k and v land side by side in the (B, T, 3C) gradient of qkv.

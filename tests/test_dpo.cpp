@@ -340,23 +340,29 @@ TEST(DpoTask, LoraLearnsTheHiddenRuleAgainstItsBase) {
 
 // ---- resume, divergence, errors ----
 
+// The small DPO run the trainer tests share: 4 pairs a step of up to 48 tokens, a tenth held out.
+train::DpoConfig small_dpo_config(const fs::path& base) {
+  train::DpoConfig c;
+  c.model = base.string();
+  c.chat_template = "plain";
+  c.max_length = 48;
+  c.batch = 4;
+  c.lr = 1e-3;
+  c.val_fraction = 0.1;
+  return c;
+}
+
 TEST(DpoTrainer, ResumedRunEqualsUninterruptedRunAndLiveReferenceEqualsPrecomputed) {
   const uint64_t seed = kt::test_seed();
   const fs::path root = scratch("resume");
   kt::RuleTask task = kt::make_rule_task(seed, 60, 1);
   const fs::path base = kt::make_rule_base_model(root, task, seed);
   std::vector<data::PreferencePair> pairs = kt::rule_pairs(task, seed);
-  train::DpoConfig c;
-  c.model = base.string();
-  c.chat_template = "plain";
-  c.max_length = 48;
-  c.batch = 4;
+  train::DpoConfig c = small_dpo_config(base);
   c.grad_accum = 2;
   c.steps = 10;
-  c.lr = 1e-3;
   c.checkpoint_every = 4;
   c.log_every = 1;
-  c.val_fraction = 0.1;
   c.out = (root / "straight").string();
   train::DpoResult straight = train::DpoTrainer(c, pairs, {}, {.progress = false}).run();
   c.out = (root / "stopped").string();
@@ -474,15 +480,9 @@ TEST(DpoTrainer, Bf16MixedPrecisionTracksTheF32Run) {
   kt::RuleTask task = kt::make_rule_task(seed, 60, 1);
   const fs::path base = kt::make_rule_base_model(root, task, seed);
   std::vector<data::PreferencePair> pairs = kt::rule_pairs(task, seed);
-  train::DpoConfig c;
-  c.model = base.string();
-  c.chat_template = "plain";
-  c.max_length = 48;
-  c.batch = 4;
+  train::DpoConfig c = small_dpo_config(base);
   c.steps = 8;
-  c.lr = 1e-3;
   c.checkpoint_every = 0;
-  c.val_fraction = 0.1;
   c.out = (root / "f32").string();
   const train::DpoResult f32 = train::DpoTrainer(c, pairs, {}, {.progress = false}).run();
   c.precision = "bf16";
@@ -507,17 +507,11 @@ TEST(DpoTrainer, CudaRunMatchesTheCpuRun) {
   std::vector<data::PreferencePair> pairs = kt::rule_pairs(task, seed);
   for (const auto& [lora_r, precompute_ref] : {std::pair{0, 1}, std::pair{0, 0}, std::pair{4, 1}}) {
     SCOPED_TRACE(detail::concat("lora_r ", lora_r, ", precompute_ref ", precompute_ref));
-    train::DpoConfig c;
-    c.model = base.string();
-    c.chat_template = "plain";
-    c.max_length = 48;
-    c.batch = 4;
+    train::DpoConfig c = small_dpo_config(base);
     c.steps = 8;
-    c.lr = 1e-3;
     c.lora_r = lora_r;
     c.precompute_ref = precompute_ref;
     c.checkpoint_every = 0;
-    c.val_fraction = 0.1;
     c.out = (root / detail::concat("cpu", lora_r, precompute_ref)).string();
     const train::DpoResult cpu = train::DpoTrainer(c, pairs, {}, {.progress = false}).run();
     c.device = "cuda";

@@ -241,12 +241,9 @@ TEST(GrpoTask, RuleRewardTeachesTheHiddenRule) {
 
 // ---- resume, divergence, errors ----
 
-TEST(GrpoTrainer, ResumedRunEqualsUninterruptedRun) {
-  const uint64_t seed = kt::test_seed();
-  const fs::path root = scratch("resume");
-  kt::RuleTask task = kt::make_rule_task(seed, 24, 1);
-  const fs::path base = kt::make_rule_base_model(root, task, seed);
-  std::vector<data::PreferencePair> prompts = kt::rule_pairs(task, seed);
+// The small GRPO run the trainer tests share: 4 completions of up to 6 tokens per prompt, 2
+// prompts a step, a KL penalty (so a reference), rewarded for containing "a".
+train::GrpoConfig small_grpo_config(const fs::path& base) {
   train::GrpoConfig c;
   c.model = base.string();
   c.chat_template = "plain";
@@ -254,10 +251,20 @@ TEST(GrpoTrainer, ResumedRunEqualsUninterruptedRun) {
   c.num_generations = 4;
   c.max_completion_length = 6;
   c.batch = 2;
-  c.grad_accum = 2;
-  c.steps = 6;
   c.lr = 1e-3;
   c.beta = 0.04;
+  return c;
+}
+
+TEST(GrpoTrainer, ResumedRunEqualsUninterruptedRun) {
+  const uint64_t seed = kt::test_seed();
+  const fs::path root = scratch("resume");
+  kt::RuleTask task = kt::make_rule_task(seed, 24, 1);
+  const fs::path base = kt::make_rule_base_model(root, task, seed);
+  std::vector<data::PreferencePair> prompts = kt::rule_pairs(task, seed);
+  train::GrpoConfig c = small_grpo_config(base);
+  c.grad_accum = 2;
+  c.steps = 6;
   c.checkpoint_every = 2;
   c.log_every = 1;
   c.out = (root / "straight").string();
@@ -286,16 +293,8 @@ TEST(GrpoTrainer, CudaRunMatchesTheCpuRun) {
   std::vector<data::PreferencePair> prompts = kt::rule_pairs(task, seed);
   for (int64_t lora_r : {0, 4}) {
     SCOPED_TRACE(lora_r ? "LoRA" : "full");
-    train::GrpoConfig c;
-    c.model = base.string();
-    c.chat_template = "plain";
-    c.reward = "contains:a";
-    c.num_generations = 4;
-    c.max_completion_length = 6;
-    c.batch = 2;
+    train::GrpoConfig c = small_grpo_config(base);
     c.steps = 1;
-    c.lr = 1e-3;
-    c.beta = 0.04;
     c.lora_r = lora_r;
     c.checkpoint_every = 1;
     c.out = (root / ("cpu" + std::to_string(lora_r))).string();

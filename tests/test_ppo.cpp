@@ -101,6 +101,20 @@ TEST(PpoTask, RuleRewardTeachesTheHiddenRuleWithBoundedKl) {
 
 // ---- resume, divergence, errors ----
 
+// The small PPO run the trainer tests share: replies of up to 6 tokens, 4 prompts an update in 2
+// mini-batches, rewarded for containing "a".
+train::PpoConfig small_ppo_config(const fs::path& base) {
+  train::PpoConfig c;
+  c.model = base.string();
+  c.chat_template = "plain";
+  c.reward = "contains:a";
+  c.response_length = 6;
+  c.batch = 4;
+  c.num_mini_batches = 2;
+  c.lr = 1e-3;
+  return c;
+}
+
 TEST(PpoTrainer, ResumedRunEqualsUninterruptedRun) {
   const uint64_t seed = kt::test_seed();
   const fs::path root = scratch("resume");
@@ -108,16 +122,9 @@ TEST(PpoTrainer, ResumedRunEqualsUninterruptedRun) {
   const fs::path base = kt::make_rule_base_model(root, task, seed);
   std::vector<data::PreferencePair> prompts = kt::rule_pairs(task, seed);
   for (int64_t lora_r : {0, 4}) {
-    train::PpoConfig c;
-    c.model = base.string();
-    c.chat_template = "plain";
-    c.reward = "contains:a";
-    c.response_length = 6;
-    c.batch = 4;
-    c.num_mini_batches = 2;
+    train::PpoConfig c = small_ppo_config(base);
     c.num_ppo_epochs = 2;
     c.steps = 5;  // 12 prompts, 4 an update: the resumed run crosses an epoch boundary
-    c.lr = 1e-3;
     c.target_kl = 0.5;  // the adaptive coefficient is part of the state
     c.lora_r = lora_r;
     c.checkpoint_every = 1;
@@ -157,15 +164,8 @@ TEST(PpoTrainer, CudaRunMatchesTheCpuRun) {
   std::vector<data::PreferencePair> prompts = kt::rule_pairs(task, seed);
   for (int64_t lora_r : {0, 4}) {
     SCOPED_TRACE(lora_r ? "LoRA" : "full");
-    train::PpoConfig c;
-    c.model = base.string();
-    c.chat_template = "plain";
-    c.reward = "contains:a";
-    c.response_length = 6;
-    c.batch = 4;
-    c.num_mini_batches = 2;
+    train::PpoConfig c = small_ppo_config(base);
     c.steps = 1;
-    c.lr = 1e-3;
     c.lora_r = lora_r;
     c.checkpoint_every = 1;
     c.out = (root / ("cpu" + std::to_string(lora_r))).string();

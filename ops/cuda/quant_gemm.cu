@@ -16,6 +16,15 @@ struct Table16 {
   float v[16];
 };
 
+// Element j of a row of W (its codes at w), before the block's scale.
+__device__ __forceinline__ float code_value(const uint8_t* w, int64_t j, int64_t blocksize, int bits,
+                                            const Table16& table) {
+  if (bits == 8) return float(int8_t(w[j]));
+  const int64_t half = blocksize / 2, b = j / blocksize, i = j % blocksize;
+  const uint8_t byte = w[b * half + (i % half)];
+  return table.v[i < half ? (byte & 15) : (byte >> 4)];
+}
+
 __global__ void quant_gemm_kernel(const float* x, int64_t ldx, const uint8_t* codes, int64_t row_bytes,
                                   const float* scales, int64_t blocksize, int bits, Table16 table, float* out,
                                   int64_t ldo, int64_t m, int64_t n, int64_t k, bool accumulate) {
@@ -26,19 +35,8 @@ __global__ void quant_gemm_kernel(const float* x, int64_t ldx, const uint8_t* co
   const uint8_t* w = codes + col * row_bytes;
   const float* s = scales + col * (k / blocksize);
   const float* xr = x + row * ldx;
-  const int64_t half = blocksize / 2;
   float acc = 0.0f;
-  for (int64_t j = lane; j < k; j += 32) {
-    const int64_t b = j / blocksize, i = j % blocksize;
-    float value;
-    if (bits == 8) {
-      value = float(int8_t(w[j]));
-    } else {
-      const uint8_t byte = w[b * half + (i % half)];
-      value = table.v[i < half ? (byte & 15) : (byte >> 4)];
-    }
-    acc += value * s[b] * xr[j];
-  }
+  for (int64_t j = lane; j < k; j += 32) acc += code_value(w, j, blocksize, bits, table) * s[j / blocksize] * xr[j];
   acc = warp_sum(acc);
   if (lane == 0) {
     float* o = out + row * ldo + col;
@@ -48,19 +46,11 @@ __global__ void quant_gemm_kernel(const float* x, int64_t ldx, const uint8_t* co
 
 __global__ void dequantize_kernel(const uint8_t* codes, int64_t row_bytes, const float* scales, int64_t blocksize,
                                   int bits, Table16 table, int64_t rows, int64_t cols, float* out) {
-  const int64_t half = blocksize / 2, blocks = cols / blocksize;
+  const int64_t blocks = cols / blocksize;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < rows * cols;
        i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t r = i / cols, j = i % cols, b = j / blocksize, e = j % blocksize;
-    const uint8_t* w = codes + r * row_bytes;
-    float value;
-    if (bits == 8) {
-      value = float(int8_t(w[j]));
-    } else {
-      const uint8_t byte = w[b * half + (e % half)];
-      value = table.v[e < half ? (byte & 15) : (byte >> 4)];
-    }
-    out[i] = value * scales[r * blocks + b];
+    const int64_t r = i / cols, j = i % cols;
+    out[i] = code_value(codes + r * row_bytes, j, blocksize, bits, table) * scales[r * blocks + j / blocksize];
   }
 }
 
