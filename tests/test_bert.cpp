@@ -217,6 +217,42 @@ TEST(BertErrors, ConfigAndCheckpointProblemsAreNamed) {
   EXPECT_THROW(model.logits(Tensor::zeros({1, 9}, DType::i32)), Error);  // longer than max_position_embeddings
 }
 
+// On a GPU BERT runs as on the CPU (the erf GELU is a kernel there too): the masked-LM loss and
+// every parameter's gradient, with padding and two segments, f32 on both.
+TEST(Bert, CudaEqualsTheCpu) {
+  KOTOBA_SKIP_WITHOUT_CUDA();
+  Generator gen(kt::test_seed());
+  const nn::BertConfig config{.vocab_size = 90, .hidden_size = 24, .num_hidden_layers = 2, .num_attention_heads = 3,
+                              .intermediate_size = 40, .max_position_embeddings = 20, .hidden_dropout_prob = 0.0f,
+                              .attention_probs_dropout_prob = 0.0f, .initializer_range = 0.3f, .seed = kt::test_seed()};
+  nn::BertForMaskedLM on_cpu(config), on_gpu(config);
+  on_gpu.to(Device::cuda);
+  const int64_t B = 2, T = 12;
+  Tensor ids = kt::random_ints({B, T}, gen, 0, 90), labels = kt::random_ints({B, T}, gen, 0, 90);
+  std::vector<int32_t> m(size_t(B * T), 1), ty(size_t(B * T), 0);
+  for (int64_t t = 7; t < T; ++t) m[size_t(T + t)] = 0;
+  for (int64_t t = 3; t < 7; ++t) ty[size_t(t)] = 1;
+  Tensor mask = Tensor::from_vector_i32(m, {B, T}), types = Tensor::from_vector_i32(ty, {B, T});
+  // One graph at a time: a backward pass consumes the whole tape.
+  Tensor cpu_loss = on_cpu.loss(ids, mask, types, labels);
+  cpu_loss.backward();
+  Tensor gpu_loss = on_gpu.loss(to_device(ids, Device::cuda), to_device(mask, Device::cuda),
+                                to_device(types, Device::cuda), to_device(labels, Device::cuda));
+  gpu_loss.backward();
+  EXPECT_NEAR(gpu_loss.to_vector()[0], cpu_loss.to_vector()[0], 1e-4 * cpu_loss.to_vector()[0]);
+  const auto cpu_params = on_cpu.named_parameters(), gpu_params = on_gpu.named_parameters();
+  ASSERT_EQ(cpu_params.size(), gpu_params.size());
+  for (size_t i = 0; i < cpu_params.size(); ++i) {
+    const Tensor cg = cpu_params[i].second.grad(), gg = gpu_params[i].second.grad();
+    ASSERT_EQ(cg.defined(), gg.defined()) << cpu_params[i].first;
+    if (!cg.defined()) continue;  // not on the loss's path
+    const std::vector<float> c = cg.to_vector(), g = gg.to_vector();
+    double num = 0, den = 0;
+    for (size_t j = 0; j < c.size(); ++j) num += (g[j] - c[j]) * (g[j] - c[j]), den += double(c[j]) * c[j];
+    EXPECT_LE(std::sqrt(num / std::max(den, 1e-30)), 1e-4) << cpu_params[i].first;
+  }
+}
+
 TEST(Bert, ExactGeluAndItsGradient) {
   // Against the closed forms in double, including the tails where erf saturates.
   std::vector<float> xs = {-300.0f, -8.0f, -2.5f, -1.0f, -0.1f, 0.0f, 0.3f, 1.7f, 6.0f, 300.0f};
