@@ -57,6 +57,15 @@ void backward(const Tensor& root, const Tensor& seed) {
   KOTOBA_CHECK(seed_grad.shape() == root.shape(), "backward: seed gradient shape ", shape_str(seed_grad.shape()),
                " does not match ", shape_str(root.shape()));
   auto& meta = root.autograd_meta();
+  // The tape holds every graph recorded since the last backward, and a backward consumes all of
+  // it: a root whose producer is no longer there would get nothing, silently.
+  if (!meta->is_leaf) {
+    bool on_tape = false;
+    for (size_t i = g_tape.size(); i-- > 0 && !on_tape;) on_tape = g_tape[i].output == meta;
+    KOTOBA_CHECK(on_tape, "backward: the graph that produced this tensor is gone: an earlier backward() consumed "
+                 "the whole tape (every graph recorded since the one before); run each loss's backward before "
+                 "building the next graph, or add the losses and call backward() once");
+  }
   meta->grad = seed_grad.impl_ptr();
   meta->grad_valid = true;
   // Walk in reverse. Clear the tape first so that nodes freed below are not revisited if a

@@ -32,6 +32,27 @@ TEST(Autograd, GradientsAccumulateAcrossBackwardCalls) {
   expect_near_vectors(w.grad().to_vector(), once, 1e-5f, "after zero_grad");
 }
 
+// A backward consumes every graph on the tape: a second loss built before the first backward is
+// an error naming that, not a pass that silently leaves its parameters without gradients.
+TEST(Autograd, BackwardOfAConsumedGraphIsAnError) {
+  Tensor w = Tensor::from_vector({1.0f, 2.0f}, {2});
+  w.set_requires_grad(true);
+  Tensor first = sum(mul(w, w)), second = sum(scale(w, 3.0f));
+  first.backward();
+  try {
+    second.backward();
+    FAIL() << "a consumed graph ran backward";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("an earlier backward() consumed the whole tape"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_EQ(w.grad().to_vector(), (std::vector<float>{2.0f, 4.0f})) << "the first loss's gradient stays";
+  // Added into one loss, both graphs run.
+  w.zero_grad();
+  add(sum(mul(w, w)), sum(scale(w, 3.0f))).backward();
+  EXPECT_EQ(w.grad().to_vector(), (std::vector<float>{5.0f, 7.0f}));
+}
+
 TEST(Autograd, NoGradRecordsNothing) {
   Generator gen(test_seed());
   Tensor w = random_normal({4, 4}, gen).set_requires_grad(true);
