@@ -207,7 +207,6 @@ Tensor matmul(const Tensor& a_arg, const Tensor& b_arg) {
                 });
 }
 
-
 // x (..., in) @ weight (out, in)^T + bias (out) -> (..., out): one gemm over all rows.
 // Mixed (x bf16, weight and bias f32 masters, e.g. under autocast): the product runs on bf16
 // copies of weight and bias, and their gradients are accumulated in f32 by the gemm itself
