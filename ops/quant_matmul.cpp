@@ -125,14 +125,12 @@ int64_t device_tile_rows(const quant::PackedWeight& w) { return std::max<int64_t
 Tensor device_quantized_linear(const Tensor& x_in, const std::shared_ptr<const quant::PackedWeight>& w,
                                const PackedWeightOnDevice& dw) {
   const Device device = x_in.device();
-  const Tensor x = x_in.dtype() == DType::f32 ? x_in : cast(x_in, DType::f32);
+  const Tensor& x = x_in;
   const Tensor xc = x.is_contiguous() ? x.detach() : contiguous(x.detach());
   const int64_t k = w->cols, n = w->rows, m = xc.numel() / k;
   Shape out_shape(x.shape().begin(), x.shape().end() - 1);
   out_shape.push_back(n);
   Tensor out = Tensor::empty(out_shape, DType::f32, device);
-  const uint8_t* codes = reinterpret_cast<const uint8_t*>(dw.codes.raw());
-  const float* scales = dw.scales.data<float>();
   const int64_t blocks = k / w->blocksize;
   // Calls body(first row, rows, decoded tile) for every tile of W's rows. Holds the device copy,
   // so the backward can run after the layer moved away.
@@ -150,8 +148,8 @@ Tensor device_quantized_linear(const Tensor& x_in, const std::shared_ptr<const q
     }
   };
   if (m > 0 && m <= kKernelRows) {
-    QuantGemmArgs a{m, n, k, xc.data<float>(), k, codes, w->row_bytes(), scales, w->blocksize, w->bits,
-                    w->table.data(), out.data<float>(), n, false};
+    QuantGemmArgs a{m, n, k, xc.data<float>(), k, reinterpret_cast<const uint8_t*>(dw.codes.raw()), w->row_bytes(),
+                    dw.scales.data<float>(), w->blocksize, w->bits, w->table.data(), out.data<float>(), n, false};
     KOTOBA_DISPATCH(device, quant_gemm, a);
   } else if (m > 0) {
     float* op = out.data<float>();
@@ -192,6 +190,8 @@ Tensor quantized_linear(const Tensor& x_in, const std::shared_ptr<const quant::P
   KOTOBA_CHECK(x_in.defined() && x_in.ndim() >= 1 && x_in.size(-1) == w->cols, "quantized_linear: expected x (..., ",
                w->cols, ") for a ", w->rows, " x ", w->cols, " ", quant::weight_format_name(w->format),
                " weight, got x ", x_in.defined() ? shape_str(x_in.shape()) : std::string("undefined"));
+  // bf16 activations (mixed precision) are multiplied in f32; the cast returns their gradient.
+  if (x_in.dtype() == DType::bf16) return quantized_linear(cast(x_in, DType::f32), w, bias, on_device);
   if (x_in.device() != Device::cpu) {
     KOTOBA_CHECK(on_device && on_device->codes.defined() && on_device->codes.device() == x_in.device(),
                  "quantized_linear: x is on ", device_name(x_in.device()), " but the ",
@@ -200,9 +200,8 @@ Tensor quantized_linear(const Tensor& x_in, const std::shared_ptr<const quant::P
     Tensor y = device_quantized_linear(x_in, w, *on_device);
     return bias.defined() ? add(y, bias) : y;
   }
-  KOTOBA_CHECK(x_in.dtype() == DType::f32 && x_in.device() == Device::cpu,
-               "quantized_linear: quantised weights run on the CPU with f32 activations, got ",
-               dtype_name(x_in.dtype()), " on ", x_in.device() == Device::cpu ? "cpu" : "cuda");
+  KOTOBA_CHECK(x_in.dtype() == DType::f32, "quantized_linear: the activations must be f32 or bf16, got ",
+               dtype_name(x_in.dtype()));
   const Tensor x = x_in.contiguous();
   const int64_t k = w->cols, n = w->rows, m = x.numel() / k;
   Shape out_shape(x.shape().begin(), x.shape().end() - 1);
