@@ -98,6 +98,7 @@ void for_each_offset(const Shape& shape, const Shape& strides, F&& f) {
 }
 
 DeviceCopyFn g_device_copy = nullptr;
+DeviceFillFn g_device_fill = nullptr;
 
 void copy_across(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes, const char* what) {
   KOTOBA_CHECK(g_device_copy != nullptr, what, ": no backend can copy between ", device_name(src_device), " and ",
@@ -118,6 +119,7 @@ Tensor contiguous_on_device_or_throw(const Tensor& t) {
 }  // namespace
 
 void set_device_copy(DeviceCopyFn fn) { g_device_copy = fn; }
+void set_device_fill(DeviceFillFn fn) { g_device_fill = fn; }
 
 Device parse_device(std::string_view name, std::string_view what) {
   if (name == "cpu") return Device::cpu;
@@ -281,6 +283,7 @@ Tensor Tensor::detach() const {
 void Tensor::fill(float value) {
   KOTOBA_CHECK(is_contiguous(), "fill: tensor must be contiguous");
   if (device() != Device::cpu) {
+    if (g_device_fill && g_device_fill(raw(), device(), dtype(), numel(), value)) return;
     Tensor host = Tensor::full(shape(), value, dtype());
     copy_across(raw(), device(), host.raw(), Device::cpu, nbytes(), "fill");
     return;

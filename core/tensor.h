@@ -128,6 +128,10 @@ template <> inline uint8_t* Tensor::data<uint8_t>() const {
 // fill, copy_from and to_vector also work on device tensors (contiguous ones).
 using DeviceCopyFn = void (*)(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes);
 void set_device_copy(DeviceCopyFn fn);
+// A fill on the device itself (queued like a kernel, no host buffer and no wait), installed the
+// same way; false when it cannot fill that dtype, and fill then copies a host buffer over.
+using DeviceFillFn = bool (*)(void* dst, Device device, DType dtype, int64_t count, float value);
+void set_device_fill(DeviceFillFn fn);
 
 // "cpu" or "cuda"; anything else is an Error naming `what` (a flag or config field) and both.
 Device parse_device(std::string_view name, std::string_view what);

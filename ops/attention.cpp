@@ -13,10 +13,14 @@ namespace {
 
 Strides4 strides4(const Tensor& t) { return Strides4{t.strides()[0], t.strides()[1], t.strides()[2]}; }
 
-// Byte offset `elements` into a tensor's data.
-inline void* at(const Tensor& t, int64_t elements) {
-  return static_cast<char*>(t.raw()) + int64_t(dtype_bytes(t.dtype(), 1)) * elements;
+// `elements` elements of `dt` past p (and past a tensor's data, at).
+inline char* offset(void* p, int64_t elements, DType dt) {
+  return static_cast<char*>(p) + int64_t(dtype_bytes(dt, 1)) * elements;
 }
+inline const char* offset(const void* p, int64_t elements, DType dt) {
+  return static_cast<const char*>(p) + int64_t(dtype_bytes(dt, 1)) * elements;
+}
+inline void* at(const Tensor& t, int64_t elements) { return offset(t.raw(), elements, t.dtype()); }
 
 // `t` with a contiguous last dim (a copy only when needed).
 Tensor last_dim_contiguous(const Tensor& t) {
@@ -74,11 +78,6 @@ bool use_matmul(const AttentionForwardArgs& a, Device device) {
   return device != Device::cpu && a.q_len >= 128 && bytes <= double(int64_t(4) << 30);
 }
 
-const char* offset(const void* p, int64_t elements, DType dt) {
-  return static_cast<const char*>(p) + int64_t(dtype_bytes(dt, 1)) * elements;
-}
-char* offset(void* p, int64_t elements, DType dt) { return static_cast<char*>(p) + int64_t(dtype_bytes(dt, 1)) * elements; }
-
 // Calls body(b, kv_head, first query head, heads) once per gemm: per batch entry one batched
 // call over all heads when every query head has its own kv head, else one per kv-head group.
 template <typename Body>
@@ -93,12 +92,6 @@ void for_head_groups(int64_t B, int64_t H, int64_t Hkv, Body body) {
   }
 }
 
-GemmArgs gemm_args(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const void* a, int64_t lda,
-                   int64_t sa, const void* b, int64_t ldb, int64_t sb, float beta, void* c, int64_t ldc, int64_t sc,
-                   int64_t batch, DType dtype_ab, DType dtype_c) {
-  return GemmArgs{ta, tb, m, n, k, alpha, a, lda, sa, b, ldb, sb, beta, c, ldc, sc, batch, dtype_ab, dtype_c};
-}
-
 // scores (B, H, T, S) f32 = scale q k^T; P = the masked softmax in the operands' dtype; out = P v.
 // Returns P for the backward.
 Tensor matmul_attention_forward(const AttentionForwardArgs& a, Device device) {
@@ -110,22 +103,22 @@ Tensor matmul_attention_forward(const AttentionForwardArgs& a, Device device) {
   {
     Tensor scores = Tensor::empty({B, H, T, S}, DType::f32, device);
     for_head_groups(B, H, Hkv, [&](int64_t b, int64_t g, int64_t h0, int64_t heads) {
-      GemmArgs qk = gemm_args(false, true, T, S, D, a.scale, offset(a.q, b * a.q_strides.batch + h0 * a.q_strides.head, dt),
+      GemmArgs qk{false, true, T, S, D, a.scale, offset(a.q, b * a.q_strides.batch + h0 * a.q_strides.head, dt),
                               a.q_strides.token, a.q_strides.head,
                               offset(a.k, b * a.k_strides.batch + g * a.k_strides.head, dt), a.k_strides.token,
                               shared_kv ? 0 : a.k_strides.head, 0.0f, scores.data<float>() + (b * H + h0) * T * S, S,
-                              T * S, heads, dt, DType::f32);
+                              T * S, heads, dt, DType::f32};
       KOTOBA_DISPATCH(device, gemm, qk);
     });
     AttentionSoftmaxArgs sm{scores.data<float>(), probs.raw(), B * H * T, S, T, a.causal, dt};
     KOTOBA_DISPATCH(device, attention_softmax, sm);
   }
   for_head_groups(B, H, Hkv, [&](int64_t b, int64_t g, int64_t h0, int64_t heads) {
-    GemmArgs pv = gemm_args(false, false, T, D, S, 1.0f, offset(probs.raw(), (b * H + h0) * T * S, dt), S, T * S,
+    GemmArgs pv{false, false, T, D, S, 1.0f, offset(probs.raw(), (b * H + h0) * T * S, dt), S, T * S,
                             offset(a.v, b * a.v_strides.batch + g * a.v_strides.head, dt), a.v_strides.token,
                             shared_kv ? 0 : a.v_strides.head, 0.0f,
                             offset(a.out, b * a.out_strides.batch + h0 * a.out_strides.head, dt), a.out_strides.token,
-                            a.out_strides.head, heads, dt, dt);
+                            a.out_strides.head, heads, dt, dt};
     KOTOBA_DISPATCH(device, gemm, pv);
   });
   return probs;
@@ -147,19 +140,19 @@ void matmul_attention_backward(const AttentionBackwardArgs& a, const Tensor& pro
                          const Strides4& y_strides) {
     for (int64_t b = 0; b < B; ++b) {
       if (!shared_kv) {
-        GemmArgs g = gemm_args(true, false, S, D, T, alpha, offset(x, b * H * T * S, dt), S, T * S,
+        GemmArgs g{true, false, S, D, T, alpha, offset(x, b * H * T * S, dt), S, T * S,
                                offset(y, b * y_strides.batch, dt), y_strides.token, y_strides.head, beta,
-                               offset(dst, b * dst_strides.batch, dt), dst_strides.token, dst_strides.head, H, dt, dt);
+                               offset(dst, b * dst_strides.batch, dt), dst_strides.token, dst_strides.head, H, dt, dt};
         KOTOBA_DISPATCH(device, gemm, g);
         continue;
       }
       for (int64_t h = 0; h < H; ++h) {
         const int64_t g = h / G;
-        GemmArgs one = gemm_args(true, false, S, D, T, alpha, offset(x, (b * H + h) * T * S, dt), S, 0,
+        GemmArgs one{true, false, S, D, T, alpha, offset(x, (b * H + h) * T * S, dt), S, 0,
                                  offset(y, b * y_strides.batch + h * y_strides.head, dt), y_strides.token, 0,
                                  (h % G == 0) ? beta : 1.0f,
                                  offset(dst, b * dst_strides.batch + g * dst_strides.head, dt), dst_strides.token, 0, 1,
-                                 dt, dt);
+                                 dt, dt};
         KOTOBA_DISPATCH(device, gemm, one);
       }
     }
@@ -168,22 +161,22 @@ void matmul_attention_backward(const AttentionBackwardArgs& a, const Tensor& pro
   if (!a.dq && !a.dk) return;
   Tensor ds = Tensor::empty({B, H, T, S}, dt, device);
   for_head_groups(B, H, Hkv, [&](int64_t b, int64_t g, int64_t h0, int64_t heads) {
-    GemmArgs dp = gemm_args(false, true, T, S, D, 1.0f,
+    GemmArgs dp{false, true, T, S, D, 1.0f,
                             offset(a.dout, b * a.dout_strides.batch + h0 * a.dout_strides.head, dt), a.dout_strides.token,
                             a.dout_strides.head, offset(a.v, b * a.v_strides.batch + g * a.v_strides.head, dt),
                             a.v_strides.token, shared_kv ? 0 : a.v_strides.head, 0.0f,
-                            offset(ds.raw(), (b * H + h0) * T * S, dt), S, T * S, heads, dt, dt);
+                            offset(ds.raw(), (b * H + h0) * T * S, dt), S, T * S, heads, dt, dt};
     KOTOBA_DISPATCH(device, gemm, dp);
   });
   SoftmaxBackwardArgs sb{P, ds.raw(), ds.raw(), B * H * T, S, false, dt};  // in place: each element read, then written
   KOTOBA_DISPATCH(device, softmax_backward, sb);
   if (a.dq)
     for_head_groups(B, H, Hkv, [&](int64_t b, int64_t g, int64_t h0, int64_t heads) {
-      GemmArgs dq = gemm_args(false, false, T, D, S, a.scale, offset(ds.raw(), (b * H + h0) * T * S, dt), S, T * S,
+      GemmArgs dq{false, false, T, D, S, a.scale, offset(ds.raw(), (b * H + h0) * T * S, dt), S, T * S,
                               offset(a.k, b * a.k_strides.batch + g * a.k_strides.head, dt), a.k_strides.token,
                               shared_kv ? 0 : a.k_strides.head, beta,
                               offset(a.dq, b * a.dq_strides.batch + h0 * a.dq_strides.head, dt), a.dq_strides.token,
-                              a.dq_strides.head, heads, dt, dt);
+                              a.dq_strides.head, heads, dt, dt};
       KOTOBA_DISPATCH(device, gemm, dq);
     });
   if (a.dk) kv_gradient(a.dk, a.dk_strides, ds.raw(), a.scale, a.q, a.q_strides);

@@ -113,6 +113,14 @@ const bool g_cuda_bring_up_registered = [] {
       b.copy_on_device(dst, src, bytes);
     }
   });
+  set_device_fill([](void* dst, Device device, DType dtype, int64_t count, float value) {
+    if (dtype != DType::f32 && dtype != DType::bf16) return false;
+    if (count > 0) {
+      FillArgs args{dst, count, value, dtype};
+      KOTOBA_DISPATCH(device, fill, args);
+    }
+    return true;
+  });
   return true;
 }();
 }  // namespace

@@ -39,24 +39,31 @@ void AdamW::zero_grad() {
 }
 
 // The squared norms of all gradients of one device and dtype come back in one read, so a GPU
-// run waits once per step rather than once per parameter. Added in parameter order.
+// run waits once per step rather than once per parameter. Each group adds in parameter order.
 float global_grad_norm(const std::vector<Tensor>& params) {
+  struct Group {
+    std::vector<const void*> xs;
+    std::vector<int64_t> ns;
+  };
+  Group groups[2][2];  // [device][bf16]
+  for (const Tensor& p : params) {
+    Tensor g = p.grad();
+    if (!g.defined()) continue;
+    KOTOBA_CHECK(g.is_contiguous() && (g.dtype() == DType::f32 || g.dtype() == DType::bf16),
+                 "global_grad_norm: a gradient of shape ", shape_str(g.shape()), " is ", dtype_name(g.dtype()),
+                 g.is_contiguous() ? "" : " and not contiguous", "; expected a contiguous f32 or bf16 one");
+    Group& group = groups[int(g.device())][g.dtype() == DType::bf16];
+    group.xs.push_back(g.raw());
+    group.ns.push_back(g.numel());
+  }
   double total = 0.0;
   for (Device device : {Device::cpu, Device::cuda})
-    for (DType dtype : {DType::f32, DType::bf16}) {
-      std::vector<const void*> xs;
-      std::vector<int64_t> ns;
-      for (const Tensor& p : params) {
-        Tensor g = p.grad();
-        if (!g.defined() || g.device() != device || g.dtype() != dtype) continue;
-        KOTOBA_CHECK(g.is_contiguous(), "global_grad_norm: a gradient of shape ", shape_str(g.shape()),
-                     " is not contiguous");
-        xs.push_back(g.raw());
-        ns.push_back(g.numel());
-      }
-      if (xs.empty()) continue;
-      std::vector<double> parts(xs.size());
-      ReduceSumManyArgs args{xs.data(), ns.data(), int64_t(xs.size()), parts.data(), /*squares=*/true, dtype};
+    for (bool bf16 : {false, true}) {
+      const Group& group = groups[int(device)][bf16];
+      if (group.xs.empty()) continue;
+      std::vector<double> parts(group.xs.size());
+      ReduceSumManyArgs args{group.xs.data(), group.ns.data(), int64_t(group.xs.size()), parts.data(),
+                             /*squares=*/true, bf16 ? DType::bf16 : DType::f32};
       KOTOBA_DISPATCH(device, reduce_sum_many, args);
       for (double part : parts) total += part;
     }
