@@ -208,14 +208,16 @@ TEST(RewardModelReward, GrpoRaisesTheScoreOfATrainedRewardModel) {
   c.chat_template = "plain";
   c.out = (root / "grpo").string();
   c.reward_model = rm;
-  c.num_generations = 8;
+  // Groups of 16 completions: with 8, some seeds drew groups that all scored alike (no advantage
+  // to learn from) and the run stalled or collapsed to one short completion (seeds
+  // 18216534590177773956, 6589436685660287414, 6303494687698846954, even with the KL penalty below);
+  // with 16 those and seeds 1 and 2 all rise by more than 7 within 100 steps.
+  c.num_generations = 16;
   c.max_completion_length = 8;
-  c.batch = 8;
-  c.steps = 200;  // 120 left seed 18216534590177773956 at +0.9 (slow start, 0 of 8 samples right); 200: +8.3
+  c.batch = 16;
+  c.steps = 100;
   c.lr = 1e-3;
-  // A KL penalty towards the SFT model: without one, seed 6589436685660287414 collapsed by step 45
-  // to one short completion (reward std 0, so no signal left) and never recovered.
-  c.beta = 0.04;
+  c.beta = 0.04;  // a KL penalty towards the SFT model, against the same collapse
   c.warmup = 3;
   c.checkpoint_every = 0;
   c.eval_every = 1000;
@@ -236,7 +238,7 @@ TEST(RewardModelReward, GrpoRaisesTheScoreOfATrainedRewardModel) {
               "SFT and reward model)\n",
               (unsigned long long)seed, reward_before, reward_after, kt::kRuleWord, 100 * rate_before,
               100 * rate_after, (long long)result.step, ranked_right, task.test_inputs.size(), seconds, sft_seconds);
-  EXPECT_EQ(result.step, 200);
+  EXPECT_EQ(result.step, 100);
   EXPECT_GE(ranked_right, 36) << "of " << task.test_inputs.size();
   // GRPO optimises what the reward model scores: its mean on held-out samples rises far. (Whether the
   // samples then follow the rule depends on the proxy: a policy may find replies the small reward
